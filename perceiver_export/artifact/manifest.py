@@ -1,0 +1,118 @@
+"""manifest.json: what an artifact directory holds, how it was made, and whether it passed parity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..contract import IOContract
+from ..errors import ArtifactError, ConfigError
+from .atomic import atomic_write_text
+
+MANIFEST = "manifest.json"
+SCHEMA = "perceiver-export/manifest"
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is metadata; anything bigger is not ours
+REQUIRED_KEYS = ("schema", "schema_version", "name", "model", "dtype", "opset", "contract", "onnx", "files")
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest of one artifact directory."""
+
+    directory: Path
+    data: dict[str, Any]
+
+    @property
+    def contract(self) -> IOContract:
+        return IOContract.from_dict(self.data["contract"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / self.data["onnx"]["file"]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / self.data["weights"]["file"]
+
+    @property
+    def dtype(self) -> str:
+        return self.data["dtype"]
+
+    @property
+    def model_config(self) -> dict:
+        return dict(self.data["model"]["config"])
+
+    def check_files(self) -> None:
+        """Every listed file exists with its recorded size and sha256; raise ArtifactError naming the file."""
+        for name, entry in self.data["files"].items():
+            path = self.directory / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ArtifactError(f"{self.directory / MANIFEST}: file entry {name!r} points outside the artifact")
+            if not path.is_file():
+                raise ArtifactError(f"{path}: listed in the manifest but missing")
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                raise ArtifactError(
+                    f"{path}: damaged: {size} bytes, the manifest records {entry['bytes']}"
+                )
+            digest = sha256_of(path)
+            if digest != entry["sha256"]:
+                raise ArtifactError(
+                    f"{path}: damaged: sha256 {digest[:16]}… does not match the manifest's {entry['sha256'][:16]}…"
+                )
+
+    def write(self) -> None:
+        atomic_write_text(self.directory / MANIFEST, json.dumps(self.data, indent=2) + "\n")
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    """Parse and validate DIR/manifest.json (not the files it lists: see Manifest.check_files)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: not an artifact directory (it does not exist)")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; is {directory} an artifact written by `perceiver_export onnx`?")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: {path.stat().st_size} bytes, larger than the {MAX_MANIFEST_BYTES} allowed")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ArtifactError(f"{path}: missing keys {missing}")
+    if data["schema"] != SCHEMA:
+        raise ArtifactError(f"{path}: schema {data['schema']!r} is not {SCHEMA!r}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: schema_version {data['schema_version']!r} is not supported (this version reads {SCHEMA_VERSION})"
+        )
+    manifest = Manifest(directory, data)
+    try:
+        manifest.contract
+    except ConfigError as e:
+        raise ArtifactError(f"{path}: {e}") from None
+    for key in ("onnx", "weights"):
+        entry = data.get(key)
+        if not isinstance(entry, dict) or entry.get("file") not in data["files"]:
+            raise ArtifactError(f"{path}: {key!r} must name a file listed under 'files'")
+    return manifest

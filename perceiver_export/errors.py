@@ -1,0 +1,31 @@
+"""The package's exception types: every failure a user can cause gets one of these, never a backend's raw error."""
+
+
+class PerceiverExportError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputError(PerceiverExportError, ValueError):
+    """An input given to a runner does not match the artifact's I/O contract.
+
+    Raised before any backend sees the input; the message names the input, what was
+    expected and what came.
+    """
+
+
+class ConfigError(PerceiverExportError, ValueError):
+    """A model spec, a range option or a checkpoint does not make sense."""
+
+
+class ArtifactError(PerceiverExportError):
+    """An artifact directory is missing a file, is damaged, or its manifest is invalid."""
+
+
+class BackendUnavailableError(PerceiverExportError):
+    """The requested backend is not installed here or cannot run this artifact."""
+
+
+class ParityError(PerceiverExportError):
+    """An exported model disagrees with eager PyTorch beyond the tolerance (`.report` holds the details)."""
+
+    report = None

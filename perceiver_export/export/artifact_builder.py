@@ -1,0 +1,132 @@
+"""`onnx` command's work: build the model, export it, write the artifact directory, verify, publish."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..artifact.atomic import publish_dir, remove_stale_staging, staging_dir_for
+from ..artifact.manifest import SCHEMA, SCHEMA_VERSION, Manifest, file_entry
+from ..artifact.weights import TORCH_DTYPES, load_into, read_checkpoint, save_weights
+from ..config import ModelSpec
+from ..contract import DTYPES
+from ..errors import ConfigError, ParityError
+from ..model import PerceiverLayer
+from ..verify.parity import ParityReport, require_parity, verify_artifact
+from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
+from .versions import library_versions
+
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: Manifest
+    report: ParityReport | None
+    seconds: float
+
+
+def normalize_dtype(dtype: str) -> str:
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    return dtype
+
+
+def build_eager_model(spec: ModelSpec, seed: int, checkpoint: str | Path | None) -> PerceiverLayer:
+    """The float32 eval-mode model: seeded random weights, or the checkpoint's."""
+    torch.manual_seed(seed)
+    model = PerceiverLayer(**spec.model)
+    if checkpoint is not None:
+        load_into(model, read_checkpoint(checkpoint), f"checkpoint {checkpoint}")
+    return model.eval()
+
+
+def export_artifact(
+    spec: ModelSpec,
+    out: str | Path,
+    *,
+    dtype: str = "float32",
+    opset: int = DEFAULT_OPSET,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    external_data: str = "auto",
+    verify: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    progress=None,
+) -> ExportResult:
+    """Export `spec` into directory `out`.
+
+    The artifact is assembled and verified in a staging directory beside `out` and only
+    then swapped into place, so `out` always holds one complete artifact: the previous
+    one if this export is killed or fails parity. A failing artifact is kept at
+    `<out>.rejected` for inspection and ParityError is raised.
+    """
+    start = time.perf_counter()
+    dtype = normalize_dtype(dtype)
+    out = Path(out)
+    contract = spec.contract(dtype)
+    remove_stale_staging(out)
+
+    model = build_eager_model(spec, seed, checkpoint).to(TORCH_DTYPES[dtype])
+    log(f"exporting {spec.name} ({sum(p.numel() for p in model.parameters()):,} parameters, {dtype}, opset {opset})")
+    proto = export_onnx(model, contract, opset)
+
+    staging = staging_dir_for(out)
+    try:
+        onnx_files = save_onnx(proto, staging / "model.onnx", external_data)
+        save_weights(model, staging / "weights.safetensors")
+        files = [*onnx_files, staging / "weights.safetensors"]
+        manifest = Manifest(
+            staging,
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "name": spec.name,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model": {"class": "perceiver_export.PerceiverLayer", "config": dict(spec.model)},
+                "dtype": dtype,
+                "opset": opset,
+                "seed": None if checkpoint else seed,
+                "checkpoint": str(checkpoint) if checkpoint else None,
+                "contract": contract.to_dict(),
+                "onnx": {
+                    "file": "model.onnx",
+                    "external_data": onnx_files[1].name if len(onnx_files) > 1 else None,
+                },
+                "weights": {"file": "weights.safetensors", "format": "safetensors", "dtype": dtype},
+                "files": {f.name: file_entry(f) for f in files},
+                "versions": library_versions(),
+                "parity": None,
+            },
+        )
+        manifest.write()
+        report = None
+        if verify:
+            log("verifying against eager PyTorch")
+            report = verify_artifact(manifest, atol=atol, rtol=rtol, seed=seed, progress=progress)
+            if not report.passed:
+                rejected = out.parent / f"{out.name}.rejected"
+                shutil.rmtree(rejected, ignore_errors=True)
+                staging.rename(rejected)
+                try:
+                    require_parity(report)
+                except ParityError as e:
+                    error = ParityError(f"{e}; {out} was left as it was, the failing artifact is in {rejected}")
+                    error.report = report
+                    raise error from None
+        publish_dir(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    final = Manifest(out, manifest.data)
+    return ExportResult(out, final, report, time.perf_counter() - start)

@@ -1,0 +1,5 @@
+"""The PyTorch model this toolkit exports."""
+
+from .layer import PerceiverLayer
+
+__all__ = ["PerceiverLayer"]

@@ -1,0 +1,41 @@
+"""Runners: load an artifact directory and run it on one backend behind one interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..artifact.manifest import Manifest, read_manifest
+from ..errors import BackendUnavailableError
+from .base import Runner
+
+BACKENDS = ("onnxruntime", "torch", "onnx-reference")
+
+
+def runner_class(backend: str) -> type[Runner]:
+    # Imported on demand so that a missing optional backend only fails when asked for.
+    if backend == "onnxruntime":
+        from .onnxrt.runner import OnnxRuntimeRunner as cls
+    elif backend == "torch":
+        from .pyt.runner import TorchRunner as cls
+    elif backend == "onnx-reference":
+        from .onnxref.runner import OnnxReferenceRunner as cls
+    else:
+        raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return cls
+
+
+def load(path: str | Path | Manifest, backend: str = "onnxruntime", check_files: bool = True, **options: Any) -> Runner:
+    """Open an artifact directory and return a runner for `backend`.
+
+    The manifest is validated and, unless check_files=False, every file's sha256 is checked
+    before any backend parses it. Backend options: onnxruntime(providers=, threads=),
+    torch(device=, dtype=).
+    """
+    manifest = path if isinstance(path, Manifest) else read_manifest(path)
+    if check_files:
+        manifest.check_files()
+    return runner_class(backend)(manifest, **options)
+
+
+__all__ = ["BACKENDS", "Runner", "load"]

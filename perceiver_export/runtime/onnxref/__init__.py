@@ -1,0 +1,1 @@
+"""ONNX reference-evaluator backend."""

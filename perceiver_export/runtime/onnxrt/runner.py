@@ -1,0 +1,61 @@
+"""Runs model.onnx with ONNX Runtime (CPU, or CUDA with onnxruntime-gpu)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from ...artifact.manifest import Manifest
+from ...errors import BackendUnavailableError
+from ..arrays import to_numpy
+from ..base import Runner
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, providers: Sequence[str] | None = None, threads: int | None = None):
+        super().__init__(manifest)
+        if manifest.dtype == "bfloat16":
+            # Its CPU kernels lack bfloat16 MatMul, and its Python API has no bfloat16 numpy type.
+            raise BackendUnavailableError(
+                "the onnxruntime runner takes float32 and float16 artifacts; for bfloat16 use "
+                "backend='torch' or 'onnx-reference' (or TensorRT)"
+            )
+        providers = list(providers) if providers else default_providers()
+        available = ort.get_available_providers()
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"onnxruntime {ort.__version__} here has no {', '.join(missing)}; available: {', '.join(available)} "
+                "(CUDA needs `pip install onnxruntime-gpu` instead of onnxruntime)"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(manifest.onnx_path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/NotImplemented types
+            msg = str(e)
+            if "NOT_IMPLEMENTED" in msg:
+                raise BackendUnavailableError(
+                    f"onnxruntime {ort.__version__} ({', '.join(providers)}) cannot run this {manifest.dtype} graph: {msg}"
+                ) from None
+            raise
+        self.providers = self.session.get_providers()
+        self.output_name = manifest.contract.outputs[0].name
+
+    def _infer(self, feeds: Mapping[str, Any], sizes: Mapping[str, int]) -> np.ndarray:
+        arrays = {name: to_numpy(value) for name, value in feeds.items()}
+        for spec in self.contract.inputs:
+            if spec.name not in arrays:
+                arrays[spec.name] = self.default_input(spec.name, sizes)
+        return self.session.run([self.output_name], arrays)[0]

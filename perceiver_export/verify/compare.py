@@ -1,0 +1,56 @@
+"""Comparing one output against the reference: statistics and the tolerance that would have passed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Defaults per artifact dtype, against an eager float32 reference; README "Tolerances" says why.
+TOLERANCES = {
+    "float32": {"atol": 1e-4, "rtol": 1e-3},
+    "float16": {"atol": 2e-2, "rtol": 1e-2},
+    "bfloat16": {"atol": 1.5e-1, "rtol": 5e-2},
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs: float
+    max_rel: float
+    p99_abs: float
+    mean_abs: float
+    required_atol: float  # smallest atol that passes at the given rtol
+    required_rtol: float  # smallest rtol that passes at the given atol
+    nonfinite: int  # NaN/Inf in the output where the reference is finite
+    passed: bool
+
+    def as_dict(self) -> dict:
+        """JSON-safe: an infinite statistic (NaN in the output) is written as null."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def compare(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> Comparison:
+    """Elementwise |out - ref| <= atol + rtol * |ref| (numpy.allclose's rule), plus statistics."""
+    if out.shape != ref.shape:
+        raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    nonfinite = int(np.count_nonzero(~np.isfinite(out) & np.isfinite(ref)))
+    diff = np.abs(out - ref)
+    diff = np.where(np.isfinite(diff), diff, np.inf)
+    mag = np.abs(ref)
+    rel = diff / np.maximum(mag, np.finfo(np.float32).tiny)
+    required_atol = float(np.max(diff - rtol * mag, initial=0.0))
+    required_rtol = float(np.max((diff - atol) / np.maximum(mag, np.finfo(np.float32).tiny), initial=0.0))
+    passed = nonfinite == 0 and bool(np.all(diff <= atol + rtol * mag))
+    return Comparison(
+        max_abs=float(diff.max(initial=0.0)),
+        max_rel=float(rel.max(initial=0.0)),
+        p99_abs=float(np.percentile(diff, 99)) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        required_atol=max(required_atol, 0.0),
+        required_rtol=max(required_rtol, 0.0),
+        nonfinite=nonfinite,
+        passed=passed,
+    )

@@ -1,0 +1,145 @@
+"""verify: run an artifact's backends against eager PyTorch over the parity grid, and refuse on a mismatch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..artifact.manifest import Manifest, read_manifest
+from ..errors import ParityError
+from ..runtime import load
+from ..runtime.arrays import NUMPY_DTYPES
+from .compare import TOLERANCES, Comparison, compare
+from .grid import Case, case_inputs, parity_cases
+
+REFERENCE = "torch eager, float32, the artifact's weights"
+
+
+@dataclass
+class CaseResult:
+    backend: str
+    case: Case
+    comparison: Comparison
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "backend": self.backend,
+            "case": self.case.name,
+            "sizes": dict(self.case.sizes),
+            "mask": self.case.mask,
+            **self.comparison.as_dict(),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass
+class ParityReport:
+    dtype: str
+    atol: float
+    rtol: float
+    seed: int
+    backends: list[str]
+    notes: list[str] = field(default_factory=list)
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.comparison.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        return [r for r in self.results if not r.comparison.passed]
+
+    def as_dict(self) -> dict:
+        worst = max(self.results, key=lambda r: r.comparison.max_abs, default=None)
+        return {
+            "passed": self.passed,
+            "reference": REFERENCE,
+            "dtype": self.dtype,
+            "tolerance": {"atol": self.atol, "rtol": self.rtol},
+            "seed": self.seed,
+            "backends": self.backends,
+            "notes": self.notes,
+            "worst_max_abs": worst.comparison.max_abs if worst else None,
+            "cases": [r.as_dict() for r in self.results],
+        }
+
+
+def default_backends(manifest: Manifest) -> tuple[list[str], list[str]]:
+    """Every backend that can run this artifact here, and notes on the ones that cannot."""
+    if manifest.dtype == "bfloat16":
+        return ["onnx-reference"], [
+            "onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator"
+        ]
+    return ["onnxruntime"], []
+
+
+def verify_artifact(
+    directory: str | Path | Manifest,
+    backends: Sequence[str] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+    write: bool = True,
+    progress=None,
+) -> ParityReport:
+    """Compare each backend with eager float32 PyTorch on the parity grid; store the report in the manifest.
+
+    Never raises on a mismatch: the caller decides (the CLI exits 1); see `require_parity`.
+    """
+    manifest = directory if isinstance(directory, Manifest) else read_manifest(directory)
+    manifest.check_files()
+    contract = manifest.contract
+    notes: list[str] = []
+    if not backends:
+        backends, notes = default_backends(manifest)
+    tol = TOLERANCES[manifest.dtype]
+    report = ParityReport(
+        dtype=manifest.dtype,
+        atol=tol["atol"] if atol is None else atol,
+        rtol=tol["rtol"] if rtol is None else rtol,
+        seed=seed,
+        backends=list(backends),
+        notes=notes,
+    )
+    reference = load(manifest, backend="torch", check_files=False, dtype="float32")
+    runners = [load(manifest, backend=b, check_files=False) for b in backends]
+    cases = parity_cases(contract)
+    dtype = NUMPY_DTYPES[manifest.dtype]
+    rng = np.random.default_rng(seed)
+    total = len(cases) * len(runners)
+    for case in cases:
+        feeds = case_inputs(contract, case, rng)
+        # Inputs are rounded to the artifact's dtype first so the reference sees exactly what the backend sees.
+        feeds = {n: (x.astype(dtype) if x is not None and x.dtype != np.bool_ else x) for n, x in feeds.items()}
+        ref = reference.infer(feeds)  # the float32 runner upcasts the rounded inputs
+        for runner in runners:
+            start = time.perf_counter()
+            out = runner.infer(feeds)
+            seconds = time.perf_counter() - start
+            result = CaseResult(runner.backend, case, compare(out.astype(np.float32), ref, report.atol, report.rtol), seconds)
+            report.results.append(result)
+            if progress:
+                progress(result, len(report.results), total)
+    if write:
+        manifest.data["parity"] = report.as_dict()
+        manifest.write()
+    return report
+
+
+def require_parity(report: ParityReport) -> None:
+    if not report.passed:
+        worst = max(report.failures, key=lambda r: r.comparison.required_atol)
+        error = ParityError(
+            f"{len(report.failures)} of {len(report.results)} parity cases failed; worst: {worst.backend} "
+            f"'{worst.case.name}' ({worst.case.label}) max abs error {worst.comparison.max_abs:.3g} "
+            f"needs atol {worst.comparison.required_atol:.3g} at rtol {report.rtol:g} (allowed atol {report.atol:g})"
+        )
+        error.report = report
+        raise error
+
