@@ -22,7 +22,10 @@ def _axis_option(axis: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m perceiver_export", description=__doc__.split(":", 1)[1].split(".")[0].strip())
+    parser = argparse.ArgumentParser(
+        prog="python -m perceiver_export",
+        description="Export a PerceiverLayer to ONNX with dynamic axes and prove every backend matches eager PyTorch.",
+    )
     parser.add_argument("--version", action="version", version=f"perceiver-export {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 on a mismatch")
     verify.add_argument("dir", type=Path, help="artifact directory")
-    verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference (default: every backend that runs here)")
+    verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager; default: every exported-graph backend that runs here)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
     _tolerance_options(verify)
