@@ -29,3 +29,7 @@ class ParityError(PerceiverExportError):
     """An exported model disagrees with eager PyTorch beyond the tolerance (`.report` holds the details)."""
 
     report = None
+
+
+class EngineBuildError(PerceiverExportError):
+    """TensorRT could not parse the ONNX file or build an engine from it."""

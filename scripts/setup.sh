@@ -2,12 +2,14 @@
 # Set up a fresh machine: a virtual environment in .venv with torch, ONNX, ONNX Runtime and this package.
 #   TORCH_SPEC   the torch requirement (default torch==2.13.0; on a CPU-only CI box that is the CPU build)
 #   ORT_EXTRA    cpu (onnxruntime, default) or gpu (onnxruntime-gpu)
+#   EXTRAS       further extras (default rtx: TensorRT for RTX, which builds engines without a GPU)
 #   VENV         where to create the environment (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 ORT_EXTRA=${ORT_EXTRA:-cpu}
+EXTRAS=${EXTRAS-rtx}
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -18,9 +20,11 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
-"$PY" -m pip install --quiet -e ".[$ORT_EXTRA,test]"
+"$PY" -m pip install --quiet -e ".[$ORT_EXTRA,test${EXTRAS:+,$EXTRAS}]"
 "$PY" - <<'PY'
 import torch, onnx, onnxruntime, onnxscript
+from perceiver_export.engines.flavor import installed_flavors
 print(f"ready: torch {torch.__version__}, onnx {onnx.__version__}, onnxscript {onnxscript.__version__}, "
-      f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
+      f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())}), "
+      f"TensorRT flavors: {', '.join(installed_flavors()) or 'none'}")
 PY

@@ -58,9 +58,21 @@ class Manifest:
     def model_config(self) -> dict:
         return dict(self.data["model"]["config"])
 
-    def check_files(self) -> None:
-        """Every listed file exists with its recorded size and sha256; raise ArtifactError naming the file."""
+    @property
+    def onnx_files(self) -> list[str]:
+        """model.onnx and, when present, its external-data file."""
+        return [self.data["onnx"]["file"]] + ([self.data["onnx"]["external_data"]] if self.data["onnx"].get("external_data") else [])
+
+    @property
+    def engines(self) -> dict[str, dict]:
+        """Engines built from this artifact, by file name (see engines/build.py)."""
+        return self.data.get("engines") or {}
+
+    def check_files(self, names: list[str] | None = None) -> None:
+        """Listed files (all, or `names`) exist with their recorded size and sha256; raise ArtifactError naming the file."""
         for name, entry in self.data["files"].items():
+            if names is not None and name not in names:
+                continue
             path = self.directory / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ArtifactError(f"{self.directory / MANIFEST}: file entry {name!r} points outside the artifact")

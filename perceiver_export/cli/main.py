@@ -49,6 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
     _tolerance_options(verify)
+
+    trt = sub.add_parser("trt", help="build a TensorRT engine from DIR/model.onnx with profiles from the manifest")
+    trt.add_argument("dir", type=Path, help="artifact directory")
+    trt.add_argument("--flavor", default="auto", choices=["auto", "tensorrt", "tensorrt_rtx"],
+                     help="auto = datacenter TensorRT where installed, else TensorRT-RTX")
+    trt.add_argument("--compute-capability", action="append", default=[], metavar="SM",
+                     help="TensorRT-RTX target GPU, repeatable: sm75 sm80 sm86 sm89 sm120 sm121 (default sm89)")
+    trt.add_argument("--profile", action="append", default=[], metavar="[NAME:]AXIS=MIN:OPT:MAX,...",
+                     help="an extra optimization profile; axes left out keep the artifact's range (repeatable)")
+    trt.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
+    trt.add_argument("--opt-level", type=int, metavar="0-5", help="builder optimization level (TensorRT default 3)")
+    trt.add_argument("--cache", type=Path, help="timing cache (TensorRT) loaded and saved back; runtime cache for TensorRT-RTX")
+    trt.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in a float32 engine (verified at fp16's tolerance)")
+    trt.add_argument("--out", help="engine file name inside DIR (default model.<flavor>.engine)")
+
+    inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
+    inspect.add_argument("dir", type=Path, help="artifact directory")
     return parser
 
 
@@ -121,6 +138,50 @@ def cmd_verify(args, console: Console) -> int:
     return EXIT_OK if report.passed else EXIT_PARITY
 
 
+def cmd_trt(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
+    from ..engines.build import BuildOptions, build_engine
+    from ..engines.flavor import import_flavor, parse_compute_capability
+    from ..engines.profiles import parse_profile
+
+    contract = read_manifest(args.dir).contract
+    profiles = [parse_profile(text, contract, i + 1) for i, text in enumerate(args.profile)]
+    flavor = import_flavor(args.flavor)
+    ccs = [parse_compute_capability(c) for c in args.compute_capability]
+    if flavor.targets_compute_capabilities and not ccs:
+        ccs = ["sm89"]
+    options = BuildOptions(flavor=flavor.name, compute_capabilities=ccs, profiles=profiles, workspace_mib=args.workspace,
+                           optimization_level=args.opt_level, cache=args.cache, tf32=args.tf32, engine_name=args.out)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True)
+    tasks: dict[str, int] = {}
+
+    def on_progress(event, phase, parent, n):
+        if event == "start":
+            tasks[phase] = bar.add_task(("  " if parent else "") + phase, total=max(n, 1))
+        elif event == "step" and phase in tasks:
+            bar.update(tasks[phase], completed=n + 1)
+        elif event == "finish" and phase in tasks:
+            bar.remove_task(tasks.pop(phase))
+
+    console.print(f"building with {flavor.name} {flavor.version}" + (f" for {', '.join(ccs)}" if ccs else ""))
+    with bar:
+        result = build_engine(args.dir, options, progress=on_progress)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    e = result.entry
+    console.print(f"wrote {result.path} ({e['build']['bytes']:,} bytes, {len(e['profiles'])} profile(s), "
+                  f"TF32 {'allowed' if e['tf32'] else 'off'}) in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_inspect(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
+    from .inspect_view import print_inspect
+
+    print_inspect(read_manifest(args.dir), console)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Wide enough for the parity table when piped to a file or CI log.
@@ -128,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=width)
     errors = Console(stderr=True, highlight=False, width=width)
     try:
-        return {"onnx": cmd_onnx, "verify": cmd_verify}[args.command](args, console)
+        commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "inspect": cmd_inspect}
+        return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")
         return EXIT_PARITY

@@ -9,17 +9,24 @@ from ..artifact.manifest import Manifest, read_manifest
 from ..errors import BackendUnavailableError
 from .base import Runner
 
-BACKENDS = ("onnxruntime", "torch", "onnx-reference")
+BACKENDS = ("onnxruntime", "torch", "onnx-reference", "tensorrt")
 
 
 def runner_class(backend: str) -> type[Runner]:
     # Imported on demand so that a missing optional backend only fails when asked for.
     if backend == "onnxruntime":
-        from .onnxrt.runner import OnnxRuntimeRunner as cls
+        try:
+            from .onnxrt.runner import OnnxRuntimeRunner as cls
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"onnxruntime is not installed ({e}): `pip install perceiver-export[cpu]` or `[gpu]`"
+            ) from None
     elif backend == "torch":
         from .pyt.runner import TorchRunner as cls
     elif backend == "onnx-reference":
         from .onnxref.runner import OnnxReferenceRunner as cls
+    elif backend == "tensorrt":
+        from .trt.runner import TensorRTRunner as cls
     else:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return cls
@@ -30,7 +37,7 @@ def load(path: str | Path | Manifest, backend: str = "onnxruntime", check_files:
 
     The manifest is validated and, unless check_files=False, every file's sha256 is checked
     before any backend parses it. Backend options: onnxruntime(providers=, threads=),
-    torch(device=, dtype=).
+    torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=).
     """
     manifest = path if isinstance(path, Manifest) else read_manifest(path)
     if check_files:

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..artifact.manifest import Manifest, read_manifest
-from ..errors import ParityError
+from ..errors import BackendUnavailableError, ParityError
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
 from .compare import TOLERANCES, Comparison, compare
@@ -25,6 +25,8 @@ class CaseResult:
     case: Case
     comparison: Comparison
     seconds: float
+    atol: float
+    rtol: float
 
     def as_dict(self) -> dict:
         return {
@@ -33,6 +35,8 @@ class CaseResult:
             "sizes": dict(self.case.sizes),
             "mask": self.case.mask,
             **self.comparison.as_dict(),
+            "atol": self.atol,
+            "rtol": self.rtol,
             "seconds": round(self.seconds, 4),
         }
 
@@ -70,13 +74,20 @@ class ParityReport:
         }
 
 
-def default_backends(manifest: Manifest) -> tuple[list[str], list[str]]:
-    """Every backend that can run this artifact here, and notes on the ones that cannot."""
+def default_runners(manifest: Manifest) -> tuple[list, list[str]]:
+    """A runner for every backend that can run this artifact here, and notes on the ones that cannot."""
+    notes: list[str] = []
     if manifest.dtype == "bfloat16":
-        return ["onnx-reference"], [
-            "onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator"
-        ]
-    return ["onnxruntime"], []
+        runners = [load(manifest, backend="onnx-reference", check_files=False)]
+        notes.append("onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator")
+    else:
+        runners = [load(manifest, backend="onnxruntime", check_files=False)]
+    for name in manifest.engines:
+        try:
+            runners.append(load(manifest, backend="tensorrt", check_files=False, engine=name))
+        except BackendUnavailableError as e:
+            notes.append(f"{name} not run: {e}")
+    return runners, notes
 
 
 def verify_artifact(
@@ -95,20 +106,26 @@ def verify_artifact(
     manifest = directory if isinstance(directory, Manifest) else read_manifest(directory)
     manifest.check_files()
     contract = manifest.contract
-    notes: list[str] = []
-    if not backends:
-        backends, notes = default_backends(manifest)
+    if backends:
+        runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
+    else:
+        runners, notes = default_runners(manifest)
     tol = TOLERANCES[manifest.dtype]
     report = ParityReport(
         dtype=manifest.dtype,
         atol=tol["atol"] if atol is None else atol,
         rtol=tol["rtol"] if rtol is None else rtol,
         seed=seed,
-        backends=list(backends),
+        backends=[r.backend for r in runners],
         notes=notes,
     )
+
+    def tolerance(runner) -> tuple[float, float]:
+        if getattr(runner, "tf32", False) and manifest.dtype == "float32" and atol is None and rtol is None:
+            return TOLERANCES["tf32"]["atol"], TOLERANCES["tf32"]["rtol"]
+        return report.atol, report.rtol
+
     reference = load(manifest, backend="torch", check_files=False, dtype="float32")
-    runners = [load(manifest, backend=b, check_files=False) for b in backends]
     cases = parity_cases(contract)
     dtype = NUMPY_DTYPES[manifest.dtype]
     rng = np.random.default_rng(seed)
@@ -122,7 +139,8 @@ def verify_artifact(
             start = time.perf_counter()
             out = runner.infer(feeds)
             seconds = time.perf_counter() - start
-            result = CaseResult(runner.backend, case, compare(out.astype(np.float32), ref, report.atol, report.rtol), seconds)
+            a, r = tolerance(runner)
+            result = CaseResult(runner.backend, case, compare(out.astype(np.float32), ref, a, r), seconds, a, r)
             report.results.append(result)
             if progress:
                 progress(result, len(report.results), total)
@@ -138,7 +156,7 @@ def require_parity(report: ParityReport) -> None:
         error = ParityError(
             f"{len(report.failures)} of {len(report.results)} parity cases failed; worst: {worst.backend} "
             f"'{worst.case.name}' ({worst.case.label}) max abs error {worst.comparison.max_abs:.3g} "
-            f"needs atol {worst.comparison.required_atol:.3g} at rtol {report.rtol:g} (allowed atol {report.atol:g})"
+            f"needs atol {worst.comparison.required_atol:.3g} at rtol {worst.rtol:g} (allowed atol {worst.atol:g})"
         )
         error.report = report
         raise error

@@ -1,0 +1,1 @@
+"""TensorRT engines: build from the exported ONNX, profiles from the contract, compatibility checks."""

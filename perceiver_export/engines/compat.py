@@ -1,0 +1,32 @@
+"""Whether an engine recorded in the manifest can run here: flavor, version and compute capability."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from ..errors import BackendUnavailableError
+
+
+class EngineIncompatibleError(BackendUnavailableError):
+    """The engine was built for another TensorRT flavor, version or GPU than the one here."""
+
+
+def check_engine_compatible(entry: Mapping, flavor: str, version: str, compute_capability: str | None) -> None:
+    """Refuse, before deserializing, an engine that TensorRT would reject with a bare error code.
+
+    compute_capability is the running GPU's, e.g. "sm89" (None: unknown, not checked).
+    """
+    name = entry.get("file", "engine")
+    if entry["flavor"] != flavor:
+        raise EngineIncompatibleError(f"{name} was built with {entry['flavor']}, but this process runs {flavor}")
+    if entry["version"] != version:
+        raise EngineIncompatibleError(
+            f"{name} was built with {flavor} {entry['version']}, but {version} is installed; "
+            "TensorRT engines only load in the version that built them: rebuild with `python -m perceiver_export trt`"
+        )
+    targets = entry.get("compute_capabilities") or []
+    if compute_capability and targets and compute_capability not in targets:
+        raise EngineIncompatibleError(
+            f"{name} targets {', '.join(targets)}, but this GPU is {compute_capability}: "
+            f"rebuild with --compute-capability {compute_capability}"
+        )

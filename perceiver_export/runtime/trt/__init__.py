@@ -1,0 +1,1 @@
+"""TensorRT backend (datacenter TensorRT or TensorRT-RTX)."""
