@@ -76,3 +76,28 @@ def test_default_output_is_artifacts_under_the_working_directory(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "artifacts" / "perceiver-tiny" / "manifest.json").is_file()
     assert json.loads((tmp_path / "artifacts" / "perceiver-tiny" / "manifest.json").read_text())["parity"] is None
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt_rtx") is None, reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)"
+)
+def test_trt_builds_engine_and_inspect_shows_it(exported, tmp_path):
+    import shutil
+
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = cli("trt", str(copy), "--compute-capability", "sm89", "--profile", "short:q_len=1:4:8,k_len=1:4:8", "--opt-level", "2")
+    assert r.returncode == 0, r.stderr
+    assert "building with tensorrt_rtx" in r.stdout and "2 profile(s)" in r.stdout
+    entry = json.loads((copy / "manifest.json").read_text())["engines"]["model.tensorrt_rtx.engine"]
+    assert entry["compute_capabilities"] == ["sm89"] and entry["build"]["optimization_level"] == 2
+    shown = cli("inspect", str(copy))
+    assert shown.returncode == 0
+    for text in ("mask", "batch, k_len + v_len", "MatMul", "engine model.tensorrt_rtx.engine: tensorrt_rtx",
+                 "targets sm89", "short", "1/4/8", "per-layer information needs the engine deserialized"):
+        assert text in shown.stdout, text
+    bad = cli("trt", str(copy), "--profile", "q_len=1:4:99")
+    assert bad.returncode == 3 and "q_len 1:4:99 is outside the artifact's range 1:8:16" in bad.stderr
+    bad = cli("trt", str(copy), "--compute-capability", "sm90")
+    assert bad.returncode == 3 and "unknown compute capability 'sm90'" in bad.stderr

@@ -8,6 +8,7 @@ on a machine without a GPU). Nothing else in the package imports either module.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 
