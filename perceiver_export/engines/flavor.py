@@ -97,7 +97,7 @@ def import_flavor(name: str = "auto") -> Flavor:
     return Flavor(name, module)
 
 
-def create_execution_context(flavor: Flavor, engine, runtime_cache=None):
+def create_execution_context(engine, runtime_cache=None):
     """An execution context; on TensorRT-RTX it shares `runtime_cache` (compiled kernels) across contexts."""
     if runtime_cache is not None and hasattr(engine, "create_runtime_config"):
         config = engine.create_runtime_config()
@@ -106,7 +106,7 @@ def create_execution_context(flavor: Flavor, engine, runtime_cache=None):
     return engine.create_execution_context()
 
 
-def create_runtime_cache(flavor: Flavor, engine, blob: bytes | None):
+def create_runtime_cache(engine, blob: bytes | None):
     """TensorRT-RTX's runtime cache (None on datacenter TensorRT); a blob from another GPU or version is ignored."""
     if not hasattr(engine, "create_runtime_config"):
         return None

@@ -33,10 +33,13 @@ class Runner(ABC):
         sizes = self.contract.check_inputs(feeds)
         return self._infer(feeds, sizes)
 
-    def default_input(self, name: str, sizes: Mapping[str, int]) -> np.ndarray:
-        """The value an omitted optional input stands for: an all-True mask attends to everything."""
-        spec = self.contract.spec(name)
-        return np.ones(self.contract.concrete_shape(name, sizes), dtype=NUMPY_DTYPES[spec.dtype])
+    def with_defaults(self, feeds: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, Any]:
+        """Every graph input: omitted optional ones get the value they stand for (an all-True mask attends to all)."""
+        full = dict(feeds)
+        for spec in self.contract.inputs:
+            if spec.name not in full:
+                full[spec.name] = np.ones(self.contract.concrete_shape(spec.name, sizes), dtype=NUMPY_DTYPES[spec.dtype])
+        return full
 
     @abstractmethod
     def _infer(self, feeds: Mapping[str, Any], sizes: Mapping[str, int]) -> np.ndarray:

@@ -54,8 +54,5 @@ class OnnxRuntimeRunner(Runner):
         self.output_name = manifest.contract.outputs[0].name
 
     def _infer(self, feeds: Mapping[str, Any], sizes: Mapping[str, int]) -> np.ndarray:
-        arrays = {name: to_numpy(value) for name, value in feeds.items()}
-        for spec in self.contract.inputs:
-            if spec.name not in arrays:
-                arrays[spec.name] = self.default_input(spec.name, sizes)
+        arrays = {name: to_numpy(value) for name, value in self.with_defaults(feeds, sizes).items()}
         return self.session.run([self.output_name], arrays)[0]

@@ -75,7 +75,7 @@ class TensorRTRunner(Runner):
         cache_path = runtime_cache or self.entry["build"].get("cache")
         self.cache_path = Path(cache_path) if cache_path else None
         blob = self.cache_path.read_bytes() if self.cache_path and self.cache_path.is_file() else None
-        self.runtime_cache = create_runtime_cache(flavor, self.engine, blob)
+        self.runtime_cache = create_runtime_cache(self.engine, blob)
         self._local = threading.local()
         self.output_name = self.contract.outputs[0].name
 
@@ -84,7 +84,7 @@ class TensorRTRunner(Runner):
         import torch
 
         if not hasattr(self._local, "context"):
-            self._local.context = create_execution_context(self.flavor, self.engine, self.runtime_cache)
+            self._local.context = create_execution_context(self.engine, self.runtime_cache)
             self._local.stream = torch.cuda.Stream(self.device)
             self._local.profile = None
         return self._local
@@ -99,14 +99,12 @@ class TensorRTRunner(Runner):
             if local.profile != index:
                 ctx.set_optimization_profile_async(index, stream.cuda_stream)
                 local.profile = index
-            buffers = {}
-            for spec in self.contract.inputs:
-                value = feeds.get(spec.name)
-                t = to_torch(value if value is not None else self.default_input(spec.name, sizes))
-                t = t.to(self.device, non_blocking=True).contiguous()
-                buffers[spec.name] = t
-                ctx.set_input_shape(spec.name, tuple(t.shape))
-                ctx.set_tensor_address(spec.name, t.data_ptr())
+            buffers = {}  # kept alive until the stream is synchronized
+            for name, value in self.with_defaults(feeds, sizes).items():
+                t = to_torch(value).to(self.device, non_blocking=True).contiguous()
+                buffers[name] = t
+                ctx.set_input_shape(name, tuple(t.shape))
+                ctx.set_tensor_address(name, t.data_ptr())
             out_shape = self.contract.concrete_shape(self.output_name, sizes)
             out = torch.empty(out_shape, dtype=buffers["q"].dtype, device=self.device)
             ctx.set_tensor_address(self.output_name, out.data_ptr())
