@@ -4,12 +4,14 @@
 #   ORT_EXTRA    cpu (onnxruntime, default) or gpu (onnxruntime-gpu)
 #   EXTRAS       further extras (default rtx: TensorRT for RTX, which builds engines without a GPU)
 #   VENV         where to create the environment (default .venv)
+#   WITH_CPP     1 (default): also install the C++ runtime's dependencies (scripts/install_cpp_deps.sh, uses apt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 ORT_EXTRA=${ORT_EXTRA:-cpu}
 EXTRAS=${EXTRAS-rtx}
+WITH_CPP=${WITH_CPP:-1}
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -28,3 +30,6 @@ print(f"ready: torch {torch.__version__}, onnx {onnx.__version__}, onnxscript {o
       f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())}), "
       f"TensorRT flavors: {', '.join(installed_flavors()) or 'none'}")
 PY
+if [ "$WITH_CPP" = 1 ]; then
+  bash scripts/install_cpp_deps.sh
+fi

@@ -101,3 +101,8 @@ def test_trt_builds_engine_and_inspect_shows_it(exported, tmp_path):
     assert bad.returncode == 3 and "q_len 1:4:99 is outside the artifact's range 1:8:16" in bad.stderr
     bad = cli("trt", str(copy), "--compute-capability", "sm90")
     assert bad.returncode == 3 and "unknown compute capability 'sm90'" in bad.stderr
+
+
+def test_readme_cpp_example_is_the_one_ctest_builds():
+    example = (REPO / "cpp" / "examples" / "embed.cpp").read_text().rstrip("\n")
+    assert example in (REPO / "README.md").read_text()

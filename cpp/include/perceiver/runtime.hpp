@@ -1,0 +1,97 @@
+// perceiver-export C++ runtime: open an artifact directory (manifest.json + model.onnx), check inputs
+// against its I/O contract with the same rules and messages as the Python runners, run ONNX Runtime.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace perceiver {
+
+enum class DType { Float32, Float16, BFloat16, Bool };
+
+std::string dtype_name(DType dtype);   // "float32", "float16", "bfloat16", "bool" (as in manifest.json)
+std::size_t dtype_size(DType dtype);
+
+// A borrowed, C-contiguous input tensor.
+struct TensorView {
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+};
+
+// An owned output tensor.
+struct Tensor {
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+  template <typename T> const T* as() const { return reinterpret_cast<const T*>(bytes.data()); }
+  std::size_t numel() const;
+};
+
+// An input does not match the artifact's I/O contract (same message as Python's InputError).
+class InputError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// The artifact directory is missing a file or its manifest is invalid.
+class ArtifactError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The requested execution provider is not in the linked onnxruntime.
+class BackendUnavailableError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct AxisRange { int64_t min, opt, max; };
+
+// One input or output of the contract; a dim is a fixed size or a sum of axis names ("k_len + v_len").
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<std::string> dims;   // "batch", "k_len + v_len", or a number such as "32"
+  bool optional = false;
+};
+
+struct Contract {
+  std::vector<std::pair<std::string, AxisRange>> axes;   // in manifest order
+  std::vector<TensorSpec> inputs, outputs;
+
+  // Checks named inputs and returns each axis' length; throws InputError.
+  std::map<std::string, int64_t> check_inputs(const std::map<std::string, const TensorView*>& feeds) const;
+  std::vector<int64_t> concrete_shape(const TensorSpec& spec, const std::map<std::string, int64_t>& sizes) const;
+};
+
+struct Options {
+  int intra_op_threads = 0;              // 0 = ONNX Runtime's default
+  // In priority order, e.g. {"TensorrtExecutionProvider", "CUDAExecutionProvider"}; empty = CPU only.
+  // CUDA and TensorRT need an onnxruntime library built with them (onnxruntime-gpu); CPU is always the fallback.
+  std::vector<std::string> providers;
+};
+
+class Runtime {
+ public:
+  explicit Runtime(const std::string& artifact_dir, const Options& options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Runs the model. mask may be null (= attend to everything). Safe to call from several threads.
+  Tensor run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView* mask = nullptr) const;
+
+  const Contract& contract() const;
+  const std::string& dtype() const;   // the artifact's float dtype
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace perceiver

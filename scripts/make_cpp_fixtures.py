@@ -1,0 +1,78 @@
+"""Fixtures for the C++ tests (cpp/tests): a tiny artifact, inputs, Python's outputs and Python's error texts.
+
+    python scripts/make_cpp_fixtures.py OUT_DIR
+
+The C++ runtime must reproduce the Python ONNX Runtime runner's outputs on the parity grid and
+raise the same messages as the Python input check on the same bad inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from perceiver_export import InputError, runtime
+from perceiver_export.config import load_spec
+from perceiver_export.export.artifact_builder import export_artifact
+from perceiver_export.verify.grid import case_inputs, parity_cases
+
+
+def bad_inputs(rng) -> dict[str, dict[str, np.ndarray]]:
+    def ok(batch=2, q=5, k=7, v=3):
+        return {
+            "q": rng.standard_normal((batch, q, 32)).astype(np.float32),
+            "k": rng.standard_normal((batch, k, 32)).astype(np.float32),
+            "v": rng.standard_normal((batch, v, 32)).astype(np.float32),
+            "mask": np.ones((batch, k + v), bool),
+        }
+
+    cases = {}
+    f = ok(); f["q"] = f["q"][0]; cases["wrong rank"] = f
+    f = ok(); f["k"] = f["k"][:, :, :16].copy(); cases["wrong feature dim"] = f
+    f = ok(); f["v"] = f["v"].astype(np.float16); cases["wrong dtype"] = f
+    cases["length above range"] = ok(q=17)
+    f = ok(); f["mask"] = np.ones((2, 9), bool); cases["mask wrong length"] = f
+    f = ok(); f["mask"] = np.ones((2, 10), np.float32); cases["mask wrong dtype"] = f
+    f = ok(); f["k"] = rng.standard_normal((3, 7, 32)).astype(np.float32); cases["batch disagrees"] = f
+    cases["batch above range"] = ok(batch=5)
+    return cases
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    result = export_artifact(load_spec("perceiver-tiny"), out / "artifact", verify=False)
+    runner = runtime.load(result.directory, threads=1)
+    rng = np.random.default_rng(0)
+    parity = []
+    for i, case in enumerate(parity_cases(runner.contract)):
+        feeds = case_inputs(runner.contract, case, rng)
+        entry = {"name": case.name}
+        for name, value in feeds.items():
+            if value is not None:
+                np.save(out / f"p{i}_{name}.npy", value)
+                entry[name] = f"p{i}_{name}.npy"
+        np.save(out / f"p{i}_out.npy", runner.infer(feeds))
+        entry["expected"] = f"p{i}_out.npy"
+        parity.append(entry)
+    errors = []
+    for i, (label, feeds) in enumerate(bad_inputs(rng).items()):
+        try:
+            runner.infer(feeds)
+        except InputError as e:
+            message = str(e)
+        else:
+            raise SystemExit(f"bad input {label!r} was accepted by Python")
+        entry = {"name": label, "message": message}
+        for name, value in feeds.items():
+            np.save(out / f"e{i}_{name}.npy", value)
+            entry[name] = f"e{i}_{name}.npy"
+        errors.append(entry)
+    (out / "cases.json").write_text(json.dumps({"artifact": "artifact", "parity": parity, "errors": errors}, indent=1))
+    print(f"wrote {len(parity)} parity and {len(errors)} error cases to {out}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
