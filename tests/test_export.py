@@ -37,7 +37,8 @@ def test_onnx_checker_passes_with_full_check(tiny_fp32):
 def test_manifest_records_contract_files_versions_and_parity(tiny_fp32):
     d = tiny_fp32.directory
     manifest = json.loads((d / "manifest.json").read_text())
-    assert sorted(manifest["files"]) == ["model.onnx", "weights.safetensors"]
+    assert sorted(manifest["files"]) == ["model.onnx", "model.ort.onnx", "weights.safetensors"]
+    assert manifest["graphs"]["optimized"]["file"] == "model.ort.onnx"
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_of(d / name)
         assert entry["bytes"] == (d / name).stat().st_size
@@ -88,16 +89,17 @@ def test_external_data_pair_is_hashed_and_runs(tmp_path, tiny_spec):
     d = result.directory
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["onnx"]["external_data"] == "model.onnx.data"
-    assert sorted(manifest["files"]) == ["model.onnx", "model.onnx.data", "weights.safetensors"]
+    assert sorted(manifest["files"]) == ["model.onnx", "model.onnx.data", "model.ort.onnx", "model.ort.onnx.data", "weights.safetensors"]
     assert manifest["parity"] is None
     graph = onnx.load(str(d / "model.onnx"), load_external_data=False).graph
     big = [i for i in graph.initializer if np.prod(i.dims) * 4 >= 1024]
     assert big and all(i.data_location == onnx.TensorProto.EXTERNAL for i in big)
     ends = [int(e.value) for i in big for e in i.external_data if e.key in ("offset", "length")]
     assert (d / "model.onnx.data").stat().st_size >= max(ends) > 10_000
-    runner = load(d)
-    out = runner(np.ones((1, 2, 32), np.float32), np.ones((1, 3, 32), np.float32), np.ones((1, 4, 32), np.float32))
-    assert out.shape == (1, 2, 32)
+    feeds = (np.ones((1, 2, 32), np.float32), np.ones((1, 3, 32), np.float32), np.ones((1, 4, 32), np.float32))
+    plain, optimized = load(d, graph="plain")(*feeds), load(d)(*feeds)
+    assert plain.shape == (1, 2, 32)
+    np.testing.assert_allclose(optimized, plain, atol=1e-5)
 
 
 def test_custom_ranges_and_opset_reach_graph_and_manifest(tmp_path, tiny_spec):

@@ -64,6 +64,11 @@ class Manifest:
         return [self.data["onnx"]["file"]] + ([self.data["onnx"]["external_data"]] if self.data["onnx"].get("external_data") else [])
 
     @property
+    def graphs(self) -> dict[str, dict]:
+        """ONNX Runtime variants of model.onnx that passed parity ("optimized", "int8"), by name."""
+        return self.data.get("graphs") or {}
+
+    @property
     def engines(self) -> dict[str, dict]:
         """Engines built from this artifact, by file name (see engines/build.py)."""
         return self.data.get("engines") or {}

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         onnx.add_argument(_axis_option(axis), metavar="MIN:OPT:MAX", help=f"range of {axis} (default: from the config)")
     onnx.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
                       help="keep weights in model.onnx.data: auto = only when over protobuf's 2 GB (default)")
+    onnx.add_argument("--no-optimize", action="store_true", help="do not write model.ort.onnx (ONNX Runtime fusions)")
+    onnx.add_argument("--int8", action="store_true", help="also write model.int8.onnx (int8 weights; fp32 exports; own tolerance)")
     onnx.add_argument("--no-verify", action="store_true", help="skip the parity check (the manifest then records parity: null)")
     _tolerance_options(onnx)
 
@@ -63,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--cache", type=Path, help="timing cache (TensorRT) loaded and saved back; runtime cache for TensorRT-RTX")
     trt.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in a float32 engine (verified at fp16's tolerance)")
     trt.add_argument("--out", help="engine file name inside DIR (default model.<flavor>.engine)")
+
+    bench = sub.add_parser("bench", help="latency, throughput, memory and FLOP/s of every backend over a grid of shapes")
+    bench.add_argument("dir", type=Path, help="artifact directory")
+    bench.add_argument("--backends", help="comma-separated, from: torch, torch-compile, torch-bf16, onnxruntime, "
+                       "onnxruntime-optimized, onnxruntime-int8, tensorrt (default: all but torch-compile)")
+    bench.add_argument("--grid", metavar="B:Q:K:V,...", help="points (default: opt, middle and max lengths at the opt batch, then all at max)")
+    bench.add_argument("--iterations", type=int, default=3, help="minimum timed runs per point (default 3)")
+    bench.add_argument("--seconds", type=float, default=0.5, help="time budget per backend and point after warm-up (default 0.5)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed runs per point (default 1)")
+    bench.add_argument("--threads", type=int, help="threads for torch and onnxruntime (default: all cores)")
+    bench.add_argument("--out", type=Path, help="folder for bench.json and bench.png (default: DIR/bench)")
 
     inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
     inspect.add_argument("dir", type=Path, help="artifact directory")
@@ -112,7 +125,8 @@ def cmd_onnx(args, console: Console) -> int:
         with _CaseProgress(console) as progress:
             result = export_artifact(
                 spec, out, dtype=args.dtype, opset=args.opset or DEFAULT_OPSET, seed=args.seed, checkpoint=args.checkpoint,
-                external_data=args.external_data, verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
+                external_data=args.external_data, optimize=not args.no_optimize, int8=args.int8,
+                verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
                 log=console.print, progress=progress,
             )
     except ParityError as e:
@@ -174,6 +188,31 @@ def cmd_trt(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
+    from ..bench.grid import parse_grid
+    from ..bench.report import print_bench, write_json, write_plot
+    from ..bench.run import BenchSettings, run_bench
+
+    settings = BenchSettings()
+    if args.backends:
+        settings.backends = settings.explicit = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.grid:
+        settings.grid = parse_grid(args.grid, read_manifest(args.dir).contract.axes)
+    settings.min_iters, settings.seconds, settings.warmup = max(1, args.iterations), args.seconds, max(0, args.warmup)
+    settings.max_iters = max(settings.max_iters, settings.min_iters)
+    if args.threads:
+        settings.threads = args.threads
+    with console.status("benchmarking") as status:
+        data = run_bench(args.dir, settings, progress=lambda msg: status.update(msg))
+    print_bench(data, console)
+    out = args.out or args.dir / "bench"
+    write_json(data, out / "bench.json")
+    write_plot(data, out / "bench.png")
+    console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return EXIT_OK
+
+
 def cmd_inspect(args, console: Console) -> int:
     from ..artifact.manifest import read_manifest
     from .inspect_view import print_inspect
@@ -189,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=width)
     errors = Console(stderr=True, highlight=False, width=width)
     try:
-        commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "inspect": cmd_inspect}
+        commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect}
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")

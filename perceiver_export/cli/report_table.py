@@ -14,16 +14,17 @@ def _num(x: float | None) -> str:
 
 def print_parity(report: ParityReport, console: Console) -> None:
     table = Table(
-        title=f"parity vs {report.dtype} artifact (reference: eager float32) — atol {report.atol:g}, rtol {report.rtol:g}",
+        title=f"parity of a {report.dtype} artifact vs eager float32 — tolerance {report.tolerance.as_dict()}"
+        + ("" if len({str(r.tolerance) for r in report.results}) <= 1 else " (int8/TF32 rows: their own, see README)"),
         title_justify="left",
     )
-    for col in ("backend", "case", "batch", "q", "k", "v", "mask", "max abs", "max rel", "p99 abs", "need atol", "need rtol", "ok"):
+    for col in ("backend", "case", "batch", "q", "k", "v", "mask", "max abs", "max rel", "p99 abs", "abs/std", "need atol", "need rtol", "ok"):
         table.add_column(col, justify="right" if col not in ("backend", "case", "mask", "ok") else "left")
     for r in report.results:
         c, s = r.comparison, r.case.sizes
         table.add_row(
             r.backend, r.case.name, str(s["batch"]), str(s["q_len"]), str(s["k_len"]), str(s["v_len"]), r.case.mask,
-            _num(c.max_abs), _num(c.max_rel), _num(c.p99_abs), _num(c.required_atol), _num(c.required_rtol),
+            _num(c.max_abs), _num(c.max_rel), _num(c.p99_abs), _num(c.max_abs_over_scale), _num(c.required_atol), _num(c.required_rtol),
             "[green]pass[/]" if c.passed else "[bold red]FAIL[/]",
         )
     console.print(table)

@@ -20,6 +20,7 @@ from ..errors import ConfigError, ParityError
 from ..model import PerceiverLayer
 from ..verify.parity import ParityReport, require_parity, verify_artifact
 from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
+from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_int8_graph, write_optimized_graph
 from .versions import library_versions
 
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -58,6 +59,8 @@ def export_artifact(
     seed: int = 0,
     checkpoint: str | Path | None = None,
     external_data: str = "auto",
+    optimize: bool = True,
+    int8: bool = False,
     verify: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
@@ -70,7 +73,13 @@ def export_artifact(
     then swapped into place, so `out` always holds one complete artifact: the previous
     one if this export is killed or fails parity. A failing artifact is kept at
     `<out>.rejected` for inspection and ParityError is raised.
+
+    optimize writes model.ort.onnx (ONNX Runtime fusions; dropped with a note if it fails
+    parity, the plain graph is then used); int8 writes model.int8.onnx (fails the export if
+    it misses its tolerance).
     """
+    if int8 and normalize_dtype(dtype) != "float32":
+        raise ConfigError("--int8 quantizes a float32 export: use it with --dtype fp32")
     start = time.perf_counter()
     dtype = normalize_dtype(dtype)
     out = Path(out)
@@ -86,6 +95,14 @@ def export_artifact(
         onnx_files = save_onnx(proto, staging / "model.onnx", external_data)
         save_weights(model, staging / "weights.safetensors")
         files = [*onnx_files, staging / "weights.safetensors"]
+        graphs = {}
+        if optimize and dtype != "bfloat16":  # onnxruntime's CPU kernels have no bfloat16 MatMul
+            log("writing the ONNX Runtime graph (fusions)")
+            graphs[OPTIMIZED] = write_optimized_graph(staging / "model.onnx", staging / GRAPH_FILES[OPTIMIZED])
+        if int8:
+            log("writing the int8 graph")
+            graphs[INT8] = write_int8_graph(staging / "model.onnx", staging / GRAPH_FILES[INT8])
+        files += [staging / f for g in graphs.values() for f in g["files"]]
         manifest = Manifest(
             staging,
             {
@@ -104,6 +121,7 @@ def export_artifact(
                     "external_data": onnx_files[1].name if len(onnx_files) > 1 else None,
                 },
                 "weights": {"file": "weights.safetensors", "format": "safetensors", "dtype": dtype},
+                "graphs": graphs,
                 "files": {f.name: file_entry(f) for f in files},
                 "versions": library_versions(),
                 "parity": None,
@@ -114,6 +132,7 @@ def export_artifact(
         if verify:
             log("verifying against eager PyTorch")
             report = verify_artifact(manifest, atol=atol, rtol=rtol, seed=seed, progress=progress)
+            _drop_optimized_graph_if_it_alone_failed(manifest, report)
             if not report.passed:
                 rejected = out.parent / f"{out.name}.rejected"
                 shutil.rmtree(rejected, ignore_errors=True)
@@ -130,3 +149,18 @@ def export_artifact(
             shutil.rmtree(staging, ignore_errors=True)
     final = Manifest(out, manifest.data)
     return ExportResult(out, final, report, time.perf_counter() - start)
+
+
+def _drop_optimized_graph_if_it_alone_failed(manifest: Manifest, report: ParityReport) -> None:
+    """A fusion that changes the numbers is not shipped; the plain graph serves instead."""
+    failing = {r.backend for r in report.failures}
+    name = f"onnxruntime-{OPTIMIZED}"
+    if failing != {name}:
+        return
+    worst = max(r.comparison.max_abs for r in report.failures)
+    for f in manifest.data["graphs"].pop(OPTIMIZED)["files"]:
+        manifest.data["files"].pop(f, None)
+        (manifest.directory / f).unlink(missing_ok=True)
+    report.drop_backend(name, f"the optimized ONNX Runtime graph failed parity (max abs error {worst:.3g}) and was not written")
+    manifest.data["parity"] = report.as_dict()
+    manifest.write()

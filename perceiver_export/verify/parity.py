@@ -13,7 +13,7 @@ from ..artifact.manifest import Manifest, read_manifest
 from ..errors import BackendUnavailableError, ParityError
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
-from .compare import TOLERANCES, Comparison, compare
+from .compare import TOLERANCES, Comparison, Tolerance, compare
 from .grid import Case, case_inputs, parity_cases
 
 REFERENCE = "torch eager, float32, the artifact's weights"
@@ -25,8 +25,7 @@ class CaseResult:
     case: Case
     comparison: Comparison
     seconds: float
-    atol: float
-    rtol: float
+    tolerance: Tolerance
 
     def as_dict(self) -> dict:
         return {
@@ -35,8 +34,7 @@ class CaseResult:
             "sizes": dict(self.case.sizes),
             "mask": self.case.mask,
             **self.comparison.as_dict(),
-            "atol": self.atol,
-            "rtol": self.rtol,
+            "tolerance": self.tolerance.as_dict(),
             "seconds": round(self.seconds, 4),
         }
 
@@ -44,8 +42,7 @@ class CaseResult:
 @dataclass
 class ParityReport:
     dtype: str
-    atol: float
-    rtol: float
+    tolerance: Tolerance  # the dtype's default; a backend may have its own (int8, TF32), see CaseResult
     seed: int
     backends: list[str]
     notes: list[str] = field(default_factory=list)
@@ -59,13 +56,19 @@ class ParityReport:
     def failures(self) -> list[CaseResult]:
         return [r for r in self.results if not r.comparison.passed]
 
+    def drop_backend(self, backend: str, note: str) -> None:
+        """Forget one backend's results (a variant that will not be shipped), saying why."""
+        self.results = [r for r in self.results if r.backend != backend]
+        self.backends = [b for b in self.backends if b != backend]
+        self.notes.append(note)
+
     def as_dict(self) -> dict:
         worst = max(self.results, key=lambda r: r.comparison.max_abs, default=None)
         return {
             "passed": self.passed,
             "reference": REFERENCE,
             "dtype": self.dtype,
-            "tolerance": {"atol": self.atol, "rtol": self.rtol},
+            "tolerance": self.tolerance.as_dict(),
             "seed": self.seed,
             "backends": self.backends,
             "notes": self.notes,
@@ -75,13 +78,13 @@ class ParityReport:
 
 
 def default_runners(manifest: Manifest) -> tuple[list, list[str]]:
-    """A runner for every backend that can run this artifact here, and notes on the ones that cannot."""
+    """A runner for every backend and graph that can run this artifact here, and notes on the ones that cannot."""
     notes: list[str] = []
     if manifest.dtype == "bfloat16":
         runners = [load(manifest, backend="onnx-reference", check_files=False)]
         notes.append("onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator")
     else:
-        runners = [load(manifest, backend="onnxruntime", check_files=False)]
+        runners = [load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in ("plain", *manifest.graphs)]
     for name in manifest.engines:
         try:
             runners.append(load(manifest, backend="tensorrt", check_files=False, engine=name))
@@ -110,20 +113,20 @@ def verify_artifact(
         runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
     else:
         runners, notes = default_runners(manifest)
-    tol = TOLERANCES[manifest.dtype]
-    report = ParityReport(
-        dtype=manifest.dtype,
-        atol=tol["atol"] if atol is None else atol,
-        rtol=tol["rtol"] if rtol is None else rtol,
-        seed=seed,
-        backends=[r.backend for r in runners],
-        notes=notes,
-    )
+    default = TOLERANCES[manifest.dtype]
+    overridden = atol is not None or rtol is not None
+    if overridden:
+        default = Tolerance(default.atol if atol is None else atol, default.rtol if rtol is None else rtol)
+    report = ParityReport(dtype=manifest.dtype, tolerance=default, seed=seed, backends=[r.backend for r in runners], notes=notes)
 
-    def tolerance(runner) -> tuple[float, float]:
-        if getattr(runner, "tf32", False) and manifest.dtype == "float32" and atol is None and rtol is None:
-            return TOLERANCES["tf32"]["atol"], TOLERANCES["tf32"]["rtol"]
-        return report.atol, report.rtol
+    def tolerance(runner) -> Tolerance:
+        if overridden:
+            return default
+        if getattr(runner, "graph", None) == "int8":
+            return TOLERANCES["int8"]
+        if getattr(runner, "tf32", False) and manifest.dtype == "float32":
+            return TOLERANCES["tf32"]
+        return default
 
     reference = load(manifest, backend="torch", check_files=False, dtype="float32")
     cases = parity_cases(contract)
@@ -139,8 +142,9 @@ def verify_artifact(
             start = time.perf_counter()
             out = runner.infer(feeds)
             seconds = time.perf_counter() - start
-            a, r = tolerance(runner)
-            result = CaseResult(runner.backend, case, compare(out.astype(np.float32), ref, a, r), seconds, a, r)
+            tol = tolerance(runner)
+            comparison = compare(out.astype(np.float32), ref, tol.atol, tol.rtol, tol.scale_atol)
+            result = CaseResult(runner.backend, case, comparison, seconds, tol)
             report.results.append(result)
             if progress:
                 progress(result, len(report.results), total)
@@ -156,7 +160,8 @@ def require_parity(report: ParityReport) -> None:
         error = ParityError(
             f"{len(report.failures)} of {len(report.results)} parity cases failed; worst: {worst.backend} "
             f"'{worst.case.name}' ({worst.case.label}) max abs error {worst.comparison.max_abs:.3g} "
-            f"needs atol {worst.comparison.required_atol:.3g} at rtol {worst.rtol:g} (allowed atol {worst.atol:g})"
+            f"needs atol {worst.comparison.required_atol:.3g} at rtol {worst.tolerance.rtol:g} "
+            f"(allowed {worst.tolerance.as_dict()})"
         )
         error.report = report
         raise error

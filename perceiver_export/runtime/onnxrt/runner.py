@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,8 +22,18 @@ def default_providers() -> list[str]:
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(self, manifest: Manifest, providers: Sequence[str] | None = None, threads: int | None = None,
+                 graph: str | None = None):
+        """graph: "plain" (model.onnx), or a variant from the manifest's "graphs" ("optimized", "int8").
+        Default: the optimized graph when the artifact has one, else the plain one."""
         super().__init__(manifest)
+        self.graph = graph or ("optimized" if "optimized" in manifest.graphs else "plain")
+        if self.graph != "plain" and self.graph not in manifest.graphs:
+            raise BackendUnavailableError(
+                f"{manifest.directory} has no {self.graph!r} graph; it has: plain{''.join(', ' + g for g in manifest.graphs)}"
+            )
+        self.backend = "onnxruntime" if self.graph == "plain" else f"onnxruntime-{self.graph}"
+        path = manifest.onnx_path if self.graph == "plain" else manifest.directory / manifest.graphs[self.graph]["file"]
         if manifest.dtype == "bfloat16":
             # Its CPU kernels lack bfloat16 MatMul, and its Python API has no bfloat16 numpy type.
             raise BackendUnavailableError(
@@ -41,8 +52,9 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        start = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(manifest.onnx_path), options, providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/NotImplemented types
             msg = str(e)
             if "NOT_IMPLEMENTED" in msg:
@@ -50,6 +62,7 @@ class OnnxRuntimeRunner(Runner):
                     f"onnxruntime {ort.__version__} ({', '.join(providers)}) cannot run this {manifest.dtype} graph: {msg}"
                 ) from None
             raise
+        self.startup_s = time.perf_counter() - start
         self.providers = self.session.get_providers()
         self.output_name = manifest.contract.outputs[0].name
 

@@ -1,0 +1,77 @@
+"""bench's outputs: a trtexec-style table, bench.json (atomic) and bench.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..artifact.atomic import atomic_path, atomic_write_text
+
+
+def print_bench(data: dict, console: Console) -> None:
+    m = data["machine"]
+    console.print(f"{data['artifact']['name']} ({data['artifact']['dtype']}) on {m['cpu']} ({', '.join(m['simd']) or 'no AVX'}), "
+                  f"{m['threads']} threads; float32 GEMM peak {data['gemm_peak_gflops']:.1f} GFLOP/s "
+                  f"(best of {', '.join(f'{k}: {v:.0f}' for k, v in data['gemm_gflops'].items())}); warm-up {data['settings']['warmup']} "
+                  f"excluded, then ≥{data['settings']['min_iters']} runs or {data['settings']['seconds_per_point']} s per point")
+    for point in data["grid"]:
+        rows = [r for r in data["results"] if [r["batch"], r["q_len"], r["k_len"], r["v_len"]] == point]
+        table = Table(title=f"batch {point[0]}, q_len {point[1]}, k_len {point[2]}, v_len {point[3]} "
+                            f"({rows[0]['flops'] / 1e9:.2f} GFLOP)" if rows else str(point), title_justify="left")
+        for col in ("backend", "prec", "runs", "min ms", "median ms", "p90 ms", "p99 ms", "seq/s", "tokens/s",
+                    "GFLOP/s", "% peak", "× torch", "err/std", "RSS +MB"):
+            table.add_column(col, justify="left" if col in ("backend", "prec") else "right")
+        for r in rows:
+            table.add_row(r["backend"], r["precision"], str(r["iterations"]), f"{r['min_ms']:.2f}", f"{r['median_ms']:.2f}",
+                          f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['sequences_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+                          f"{r['gflops_per_s']:.1f}", f"{100 * r['fraction_of_gemm_peak']:.0f}%", f"{r['speedup_vs_torch_fp32']:.2f}",
+                          f"{r['max_abs_error_over_std']:.1e}", f"{r['peak_rss_growth_mb']:.0f}")
+        console.print(table)
+    if data["startup_s"]:
+        console.print("start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in data["startup_s"].items()))
+    for name, why in data["skipped"].items():
+        console.print(f"skipped {name}: {why}")
+
+
+def write_json(data: dict, path: Path) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_plot(data: dict, path: Path) -> None:
+    """Median latency against tokens per sequence (q_len + k_len + v_len), and speed-up over eager fp32."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat_ax, up_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    backends = list(dict.fromkeys(r["backend"] for r in data["results"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, name in enumerate(backends):
+        rows = [r for r in data["results"] if r["backend"] == name]
+        smallest = min(r["batch"] for r in rows)
+        for batch in sorted({r["batch"] for r in rows}):
+            sub = sorted((r for r in rows if r["batch"] == batch), key=lambda r: r["q_len"] + r["k_len"] + r["v_len"])
+            x = [r["q_len"] + r["k_len"] + r["v_len"] for r in sub]
+            style = "-o" if batch == smallest else "s"
+            label = f"{name} ({rows[0]['precision']})" if batch == smallest else None
+            kw = dict(color=colors[n % len(colors)], label=label, markersize=8 if batch != smallest else 5)
+            lat_ax.plot(x, [r["median_ms"] for r in sub], style, **kw)
+            up_ax.plot(x, [r["speedup_vs_torch_fp32"] for r in sub], style, **kw)
+    batches = sorted({r["batch"] for r in data["results"]})
+    if len(batches) > 1:
+        lat_ax.plot([], [], "s", color="grey", label=f"squares: batch {', '.join(map(str, batches[1:]))}")
+    lat_ax.set(xscale="log", yscale="log", xlabel="tokens per sequence (q_len + k_len + v_len)", ylabel="median latency (ms)",
+               title=f"{data['artifact']['name']}: latency, batch {batches[0]} ({data['machine']['threads']} threads)")
+    up_ax.axhline(1.0, color="grey", lw=0.8)
+    up_ax.set(xscale="log", xlabel="tokens per sequence (q_len + k_len + v_len)", ylabel="speed-up over torch eager fp32",
+              title="speed-up (same run)")
+    lat_ax.legend(fontsize=7)
+    up_ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

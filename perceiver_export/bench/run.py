@@ -1,0 +1,149 @@
+"""`bench DIR`: time every backend over the grid against eager fp32, with FLOP/s against the GEMM peak."""
+
+from __future__ import annotations
+
+import gc
+from functools import partial
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..artifact.manifest import read_manifest
+from ..errors import BackendUnavailableError, ConfigError
+from ..runtime.arrays import NUMPY_DTYPES
+from .backends import BACKENDS, BASELINE, DEFAULT_BACKENDS, prepare
+from .flops import perceiver_flops
+from .grid import Point, default_grid
+from .measure import gemm_peak_gflops, rss_bytes, time_callable
+
+SCHEMA = "perceiver-export/bench"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchSettings:
+    backends: Sequence[str] = DEFAULT_BACKENDS
+    grid: Sequence[Point] | None = None
+    warmup: int = 1
+    min_iters: int = 3
+    max_iters: int = 100
+    seconds: float = 0.5  # per backend and grid point, after warm-up
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    seed: int = 0
+    explicit: Sequence[str] = ()  # backends the user named (run even where a default would skip them)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_simd_flags() -> list[str]:
+    """The vector-extension flags that decide which reduced-precision kernels exist (Linux)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def point_inputs(manifest, point: Point, rng: np.random.Generator) -> dict:
+    batch, q, k, v = point
+    dim = int(manifest.model_config["dim"])
+    dtype = NUMPY_DTYPES[manifest.dtype]
+    feeds = {name: rng.standard_normal((batch, n, dim), dtype=np.float32).astype(dtype) for name, n in (("q", q), ("k", k), ("v", v))}
+    feeds["mask"] = rng.random((batch, k + v)) < 0.8
+    return feeds
+
+
+def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable[[str], None] = lambda msg: None) -> dict:
+    manifest = read_manifest(directory)
+    manifest.check_files()
+    unknown = [b for b in settings.backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown bench backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    grid = list(settings.grid or default_grid(manifest.contract.axes))
+    rng = np.random.default_rng(settings.seed)
+    inputs = [point_inputs(manifest, p, rng) for p in grid]
+
+    progress(f"measuring the float32 GEMM peak ({settings.threads} threads)")
+    gemm = gemm_peak_gflops(settings.threads)
+    peak = max(gemm.values())
+    backends = [BASELINE] + [b for b in settings.backends if b != BASELINE]  # the baseline is always measured
+    simd = cpu_simd_flags()
+    results, skipped, startup = [], {}, {}
+    reference: list[np.ndarray] = []
+    for name in backends:
+        gc.collect()
+        rss_before = rss_bytes()
+        if name == "torch-bf16" and name not in settings.explicit and not {"avx512_bf16", "amx_bf16"} & set(simd):
+            skipped[name] = ("this CPU has no bfloat16 instructions (avx512_bf16/amx_bf16): torch emulates bf16 "
+                             "and runs 5-20x slower than fp32 (measured); ask for it with --backends to time it anyway")
+            progress(f"{name}: skipped")
+            continue
+        try:
+            prepared = prepare(manifest, name, settings.threads)
+        except BackendUnavailableError as e:
+            skipped[name] = str(e)
+            progress(f"{name}: skipped ({e})")
+            continue
+        startup[name] = round(prepared.startup_s, 4)
+        for i, (point, feeds) in enumerate(zip(grid, inputs)):
+            progress(f"{name}: batch {point[0]}, q_len {point[1]}, k_len {point[2]}, v_len {point[3]}")
+            timing = time_callable(partial(prepared.infer, feeds), warmup=settings.warmup, min_iters=settings.min_iters,
+                                   max_iters=settings.max_iters, budget_s=settings.seconds, rss_before=rss_before)
+            out = np.asarray(prepared.infer(feeds)).astype(np.float32)
+            if name == BASELINE:
+                reference.append(out)
+            ref = reference[i]
+            batch, q, k, v = point
+            flops = perceiver_flops(manifest.model_config, batch, q, k, v)
+            seconds = timing.median_ms / 1e3
+            results.append({
+                "backend": name,
+                "precision": prepared.precision,
+                "batch": batch, "q_len": q, "k_len": k, "v_len": v,
+                **timing.summary(),
+                "sequences_per_s": batch / seconds,
+                "tokens_per_s": batch * (q + k + v) / seconds,
+                "flops": flops,
+                "gflops_per_s": flops / seconds / 1e9,
+                "fraction_of_gemm_peak": flops / seconds / 1e9 / peak,
+                "max_abs_error_over_std": float(np.abs(out - ref).max() / ref.std()),
+            })
+        del prepared
+    base = {(r["batch"], r["q_len"], r["k_len"], r["v_len"]): r["median_ms"] for r in results if r["backend"] == BASELINE}
+    for r in results:
+        r["speedup_vs_torch_fp32"] = base[(r["batch"], r["q_len"], r["k_len"], r["v_len"])] / r["median_ms"]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "artifact": {"directory": str(manifest.directory), "name": manifest.data["name"], "dtype": manifest.dtype,
+                     "config": manifest.model_config},
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "threads": settings.threads, "python": platform.python_version(),
+                    "simd": cpu_simd_flags()},
+        "gemm_peak_gflops": peak,
+        "gemm_gflops": gemm,
+        "settings": {"warmup": settings.warmup, "min_iters": settings.min_iters, "max_iters": settings.max_iters,
+                     "seconds_per_point": settings.seconds, "seed": settings.seed},
+        "baseline": BASELINE,
+        "grid": [list(p) for p in grid],
+        "startup_s": startup,
+        "skipped": skipped,
+        "results": results,
+    }
