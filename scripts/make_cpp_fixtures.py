@@ -44,7 +44,7 @@ def bad_inputs(rng) -> dict[str, dict[str, np.ndarray]]:
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = export_artifact(load_spec("perceiver-tiny"), out / "artifact", verify=False)
-    runner = runtime.load(result.directory, threads=1)
+    runner = runtime.load(result.directory, threads=1, graph="plain")  # the graph the C++ runtime runs
     rng = np.random.default_rng(0)
     parity = []
     for i, case in enumerate(parity_cases(runner.contract)):
