@@ -124,3 +124,21 @@ def test_export_that_fails_parity_leaves_previous_artifact_and_keeps_the_rejecte
     assert (out / "manifest.json").read_text() == before
     assert good.manifest.data["files"]["model.onnx"]["sha256"] == json.loads(before)["files"]["model.onnx"]["sha256"]
     assert (tmp_path / "a.rejected" / "manifest.json").is_file()
+
+
+def test_external_data_outside_the_artifact_is_refused(tmp_path, tiny_spec):
+    from perceiver_export import runtime
+    from perceiver_export.export.artifact_builder import export_artifact
+
+    d = export_artifact(tiny_spec, tmp_path / "a", external_data="always", optimize=False, verify=False).directory
+    model = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = "../../etc/passwd"
+    onnx.save(model, str(d / "model.onnx"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = file_entry(d / "model.onnx")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"points to external data '../../etc/passwd' outside the artifact"):
+        runtime.load(d)

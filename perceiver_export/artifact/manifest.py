@@ -94,6 +94,27 @@ class Manifest:
                     f"{path}: damaged: sha256 {digest[:16]}… does not match the manifest's {entry['sha256'][:16]}…"
                 )
 
+    def check_external_data(self) -> None:
+        """Every ONNX graph's external-data locations stay inside the artifact directory (a hostile
+        model.onnx could otherwise make onnxruntime read any file on the machine)."""
+        import onnx
+
+        graph_files = [self.data["onnx"]["file"]] + [g["file"] for g in self.data.get("graphs", {}).values()]
+        root = self.directory.resolve()
+        for name in graph_files:
+            model = onnx.load(str(self.directory / name), load_external_data=False)
+            for tensor in model.graph.initializer:
+                if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                    continue
+                location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+                target = (self.directory / location).resolve()
+                if Path(location).is_absolute() or root not in target.parents:
+                    raise ArtifactError(
+                        f"{self.directory / name}: tensor {tensor.name!r} points to external data {location!r} outside the artifact"
+                    )
+                if location not in self.data["files"]:
+                    raise ArtifactError(f"{self.directory / name}: external data {location!r} is not listed in the manifest")
+
     def write(self) -> None:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.data, indent=2) + "\n")
 

@@ -99,6 +99,7 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
         manifest.check_files(manifest.onnx_files)
     except ArtifactError as e:
         raise ArtifactError(f"{e}; the ONNX no longer matches what was exported and verified: re-export it") from None
+    manifest.check_external_data()
     contract = manifest.contract
     flavor = import_flavor(options.flavor)
     trt = flavor.trt

@@ -36,12 +36,14 @@ def load(path: str | Path | Manifest, backend: str = "onnxruntime", check_files:
     """Open an artifact directory and return a runner for `backend`.
 
     The manifest is validated and, unless check_files=False, every file's sha256 is checked
-    before any backend parses it. Backend options: onnxruntime(providers=, threads=),
+    (and ONNX external data must stay inside the directory) before any backend parses it. Backend options: onnxruntime(providers=, threads=),
     torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=).
     """
     manifest = path if isinstance(path, Manifest) else read_manifest(path)
     if check_files:
         manifest.check_files()
+        if backend in ("onnxruntime", "onnx-reference"):
+            manifest.check_external_data()
     return runner_class(backend)(manifest, **options)
 
 

@@ -108,6 +108,7 @@ def verify_artifact(
     """
     manifest = directory if isinstance(directory, Manifest) else read_manifest(directory)
     manifest.check_files()
+    manifest.check_external_data()
     contract = manifest.contract
     if backends:
         runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
