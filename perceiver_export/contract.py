@@ -247,6 +247,9 @@ def _shape_and_dtype(name: str, value: Any) -> tuple[tuple[int, ...], str]:
         raise InputError(
             f"input {name!r}: expected a numpy array or torch tensor, got {type(value).__name__}"
         )
+    device = getattr(value, "device", None)
+    if getattr(device, "type", None) == "meta":
+        raise InputError(f"input {name!r}: expected a tensor with data (cpu or cuda), got a meta tensor")
     dtype_name = getattr(dtype, "name", None) or str(dtype).removeprefix("torch.")
     if dtype_name == "bool_":
         dtype_name = "bool"

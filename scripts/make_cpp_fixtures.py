@@ -9,12 +9,13 @@ raise the same messages as the Python input check on the same bad inputs.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from perceiver_export import InputError, runtime
+from perceiver_export import ArtifactError, InputError, runtime
 from perceiver_export.config import load_spec
 from perceiver_export.export.artifact_builder import export_artifact
 from perceiver_export.verify.grid import case_inputs, parity_cases
@@ -70,8 +71,34 @@ def main(out: Path) -> None:
             np.save(out / f"e{i}_{name}.npy", value)
             entry[name] = f"e{i}_{name}.npy"
         errors.append(entry)
-    (out / "cases.json").write_text(json.dumps({"artifact": "artifact", "parity": parity, "errors": errors}, indent=1))
-    print(f"wrote {len(parity)} parity and {len(errors)} error cases to {out}")
+    damaged = []
+    for label, damage in DAMAGE.items():
+        copy = out / f"damaged-{label.replace(' ', '-')}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(result.directory, copy)
+        damage(copy / "model.onnx")
+        try:
+            runtime.load(copy, graph="plain")
+        except ArtifactError as e:
+            damaged.append({"name": label, "artifact": copy.name, "message": str(e)})
+        else:
+            raise SystemExit(f"damaged artifact {label!r} was accepted by Python")
+    cases = {"artifact": "artifact", "parity": parity, "errors": errors, "damaged": damaged}
+    (out / "cases.json").write_text(json.dumps(cases, indent=1, ensure_ascii=False))
+    print(f"wrote {len(parity)} parity, {len(errors)} error and {len(damaged)} damaged-artifact cases to {out}")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {"truncated model.onnx": _truncate, "corrupted model.onnx": _flip, "missing model.onnx": Path.unlink}
 
 
 if __name__ == "__main__":

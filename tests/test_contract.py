@@ -60,6 +60,7 @@ def test_valid_inputs_return_axis_sizes(contract):
         (lambda f: f.update(mask=np.ones((2, 10), np.float32)), "input 'mask': expected dtype bool, got float32"),
         (lambda f: f.update(k=np.zeros((3, 7, 32), np.float32)), "input 'k': batch (axis 0) is 3 but input 'q' has batch = 2"),
         (lambda f: f.update(q=[[0.0]]), "input 'q': expected a numpy array or torch tensor, got list"),
+        (lambda f: f.update(q=torch.zeros(2, 5, 32, device="meta")), "input 'q': expected a tensor with data (cpu or cuda), got a meta tensor"),
         (lambda f: f.pop("k"), "input 'k': required ((batch, k_len, 32)), got nothing"),
         (lambda f: f.update(extra=np.zeros(1)), "unknown input 'extra': expected one of q, k, v, mask"),
     ],

@@ -45,6 +45,7 @@ def test_fp32_engine_file_and_manifest_entry(built_fp32):
     assert entry["flavor"] == "tensorrt_rtx" and entry["version"].startswith("1.")
     assert entry["compute_capabilities"] == ["sm89", "sm120"]
     assert entry["tf32"] is False and entry["precision"].startswith("float32")
+    assert entry["plugins"] == []
     assert entry["onnx_sha256"] == {"model.onnx": sha256_of(d / "model.onnx")}
     assert manifest["files"]["model.tensorrt_rtx.engine"] == file_entry(result.path)
     assert entry["build"]["bytes"] == result.path.stat().st_size and entry["build"]["seconds"] > 0
@@ -249,3 +250,22 @@ def test_tensorrt_runner_matches_onnxruntime(built_fp32):
         np.testing.assert_allclose(runner(*feeds, mask), ort(*feeds, mask), atol=1e-4, rtol=1e-3)
     with pytest.raises(ShapeError):
         runner._infer({}, {"batch": 9, "q_len": 1, "k_len": 1, "v_len": 1})
+
+
+@needs_rtx
+@pytest.mark.parametrize("plugins,message", [(["my_plugin"], r"embeds plugin layers \['my_plugin'\] \(native code\)"),
+                                             (None, r"does not say whether the engine embeds plugins")])
+def test_engine_with_plugins_is_refused_unless_allowed(built_fp32, tmp_path, plugins, message):
+    d = tmp_path / "p"
+    shutil.copytree(built_fp32[0], d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    entry = manifest["engines"]["model.tensorrt_rtx.engine"]
+    if plugins is None:
+        entry.pop("plugins")
+    else:
+        entry["plugins"] = plugins
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineIncompatibleError, match=message):
+        runtime.load(d, backend="tensorrt")
+    with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU|could not deserialize"):  # allowed: next check
+        runtime.load(d, backend="tensorrt", allow_plugins=True)

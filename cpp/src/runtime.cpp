@@ -1,5 +1,6 @@
 // Runtime: manifest.json -> Contract, ONNX Runtime session, checked run().
 #include <onnxruntime_cxx_api.h>
+#include <openssl/evp.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -54,6 +55,44 @@ std::size_t numel(const std::vector<int64_t>& shape) {
   std::size_t n = 1;
   for (auto d : shape) n *= static_cast<std::size_t>(d);
   return n;
+}
+
+std::string sha256_hex(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) out += {hex[digest[i] >> 4], hex[digest[i] & 15]};
+  return out;
+}
+
+// Same checks and messages as Manifest.check_files in Python, for the files this runtime reads.
+void check_file(const fs::path& dir, const json& files, const std::string& name, const std::string& manifest_path) {
+  const fs::path rel(name);
+  for (const auto& part : rel)
+    if (part == "..") throw ArtifactError(manifest_path + ": file entry '" + name + "' points outside the artifact");
+  if (rel.is_absolute()) throw ArtifactError(manifest_path + ": file entry '" + name + "' points outside the artifact");
+  if (!files.contains(name)) throw ArtifactError(manifest_path + ": '" + name + "' is not listed under 'files'");
+  const fs::path path = dir / rel;
+  if (!fs::is_regular_file(path)) throw ArtifactError(path.string() + ": listed in the manifest but missing");
+  const auto& entry = files.at(name);
+  const auto size = static_cast<int64_t>(fs::file_size(path));
+  if (size != entry.at("bytes").get<int64_t>())
+    throw ArtifactError(path.string() + ": damaged: " + std::to_string(size) + " bytes, the manifest records " +
+                        std::to_string(entry.at("bytes").get<int64_t>()));
+  const std::string digest = sha256_hex(path), recorded = entry.at("sha256").get<std::string>();
+  if (digest != recorded)
+    throw ArtifactError(path.string() + ": damaged: sha256 " + digest.substr(0, 16) + "\u2026 does not match the manifest's " +
+                        recorded.substr(0, 16) + "\u2026");
 }
 
 void append_providers(Ort::SessionOptions& so, const std::vector<std::string>& providers) {
@@ -117,8 +156,17 @@ Runtime::Runtime(const std::string& artifact_dir, const Options& options) : impl
   } catch (const json::exception& e) {
     throw ArtifactError(where + ": invalid manifest: " + e.what());
   }
-  const fs::path model = dir / m.at("onnx").at("file").get<std::string>();
-  if (!fs::is_regular_file(model)) throw ArtifactError(model.string() + ": listed in the manifest but missing");
+  // The graph (and its external data) must be the bytes that were exported and verified.
+  fs::path model;
+  try {
+    const auto& onnx_entry = m.at("onnx");
+    check_file(dir, m.at("files"), onnx_entry.at("file").get<std::string>(), where);
+    if (onnx_entry.contains("external_data") && onnx_entry.at("external_data").is_string())
+      check_file(dir, m.at("files"), onnx_entry.at("external_data").get<std::string>(), where);
+    model = dir / onnx_entry.at("file").get<std::string>();
+  } catch (const json::exception& e) {
+    throw ArtifactError(where + ": invalid manifest: " + e.what());
+  }
   Ort::SessionOptions so;
   if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
   append_providers(so, options.providers);

@@ -1,7 +1,8 @@
 // C++ runtime tests, driven by fixtures from scripts/make_cpp_fixtures.py:
 //   runtime_tests FIXTURES parity    outputs match Python's ONNX Runtime runner on the parity grid
 //   runtime_tests FIXTURES errors    bad inputs raise InputError with Python's exact message
-//   runtime_tests FIXTURES threads   8 threads x 25 run() calls give results identical to serial calls
+//   runtime_tests FIXTURES damaged   a damaged model.onnx is refused with Python's exact message, before ONNX Runtime parses it
+//   runtime_tests FIXTURES threads   8 threads x 200 run() calls give results identical to serial calls
 //   runtime_tests FIXTURES providers an execution provider the library lacks is refused by name
 //   runtime_tests FIXTURES compare A.npy B.npy   two .npy files agree (for the command-line tool)
 #include <cmath>
@@ -99,12 +100,31 @@ int errors(const std::string& dir) {
   return failures;
 }
 
+int damaged(const std::string& dir) {
+  std::ifstream in(dir + "/cases.json");
+  json j = json::parse(in);
+  int failures = 0;
+  for (const auto& c : j.at("damaged")) {
+    try {
+      perceiver::Runtime rt(dir + "/" + c.at("artifact").get<std::string>());
+      std::cout << "FAIL " << c.at("name").get<std::string>() << ": accepted\n";
+      ++failures;
+    } catch (const perceiver::ArtifactError& e) {
+      bool same = c.at("message").get<std::string>() == e.what();
+      failures += !same;
+      std::cout << (same ? "ok   " : "FAIL ") << e.what() << "\n";
+      if (!same) std::cout << "     Python: " << c.at("message").get<std::string>() << "\n";
+    }
+  }
+  return failures;
+}
+
 int threads(const std::string& dir) {
   perceiver::Runtime rt(dir + "/artifact");
   const auto cases = read_cases(dir, "parity");
   std::vector<perceiver::Tensor> serial;
   for (const auto& c : cases) serial.push_back(run(rt, c));
-  constexpr int kThreads = 8, kCalls = 25;
+  constexpr int kThreads = 8, kCalls = 200;
   std::vector<int> mismatches(kThreads, 0);
   std::vector<std::thread> pool;
   for (int t = 0; t < kThreads; ++t)
@@ -158,6 +178,7 @@ int main(int argc, char** argv) {
   int failures = what == "parity"  ? parity(dir)
                  : what == "errors" ? errors(dir)
                  : what == "threads" ? threads(dir)
+                 : what == "damaged" ? damaged(dir)
                  : what == "providers" ? providers(dir)
                  : what == "compare" && argc == 5 ? compare(argv[3], argv[4])
                                                   : -1;

@@ -116,6 +116,8 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
     logger = _make_logger(flavor)
     builder = trt.Builder(logger)
     network, _parser = parse_onnx(flavor, builder, logger, manifest.onnx_path)
+    plugin_types = {getattr(trt.LayerType, t) for t in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, t)}
+    plugins = [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in plugin_types]
     config = builder.create_builder_config()
     flavor.set_compute_capabilities(config, list(options.compute_capabilities))
     if options.workspace_mib is not None:
@@ -166,6 +168,7 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
         "compute_capabilities": list(dict.fromkeys(options.compute_capabilities)) or None,
         "precision": f"{manifest.dtype} (from the ONNX types; strongly typed)",
         "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
+        "plugins": plugins,  # plugin layers run native code when the engine loads; the runner refuses them by default
         "profiles": [p.to_dict(contract) for p in profiles],
         "onnx_sha256": {name: manifest.data["files"][name]["sha256"] for name in manifest.onnx_files},
         "build": {

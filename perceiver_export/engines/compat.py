@@ -30,3 +30,23 @@ def check_engine_compatible(entry: Mapping, flavor: str, version: str, compute_c
             f"{name} targets {', '.join(targets)}, but this GPU is {compute_capability}: "
             f"rebuild with --compute-capability {compute_capability}"
         )
+
+
+def check_engine_trusted(entry: Mapping, allow_plugins: bool) -> None:
+    """Refuse an engine that embeds plugins (native code run at deserialization) unless the caller allows it.
+
+    The build records the network's plugin layers; an entry without that record is treated as unknown.
+    """
+    name = entry.get("file", "engine")
+    plugins = entry.get("plugins")
+    if allow_plugins:
+        return
+    if plugins is None:
+        raise EngineIncompatibleError(
+            f"{name}: the manifest does not say whether the engine embeds plugins (native code); "
+            "rebuild it with `python -m perceiver_export trt`, or pass allow_plugins=True if you trust it"
+        )
+    if plugins:
+        raise EngineIncompatibleError(
+            f"{name} embeds plugin layers {plugins[:5]} (native code): pass allow_plugins=True only if you trust its source"
+        )

@@ -37,7 +37,7 @@ def load(path: str | Path | Manifest, backend: str = "onnxruntime", check_files:
 
     The manifest is validated and, unless check_files=False, every file's sha256 is checked
     (and ONNX external data must stay inside the directory) before any backend parses it. Backend options: onnxruntime(providers=, threads=),
-    torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=).
+    torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=, allow_plugins=).
     """
     manifest = path if isinstance(path, Manifest) else read_manifest(path)
     if check_files:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...artifact.atomic import atomic_write_bytes
 from ...artifact.manifest import Manifest
-from ...engines.compat import check_engine_compatible
+from ...engines.compat import check_engine_compatible, check_engine_trusted
 from ...engines.flavor import create_execution_context, create_runtime_cache, import_flavor
 from ...engines.profiles import Profile, select_profile
 from ...errors import ArtifactError, BackendUnavailableError
@@ -50,11 +50,13 @@ def pick_engine(manifest: Manifest, engine: str | None) -> dict:
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, manifest: Manifest, engine: str | None = None, device: int = 0, runtime_cache: str | Path | None = None):
+    def __init__(self, manifest: Manifest, engine: str | None = None, device: int = 0, runtime_cache: str | Path | None = None,
+                 allow_plugins: bool = False):
         super().__init__(manifest)
         import torch
 
         self.entry = pick_engine(manifest, engine)
+        check_engine_trusted(self.entry, allow_plugins)
         self.backend = f"tensorrt ({self.entry['file']})"
         self.tf32 = bool(self.entry.get("tf32"))
         cc = cuda_compute_capability(device)
