@@ -269,3 +269,15 @@ def test_engine_with_plugins_is_refused_unless_allowed(built_fp32, tmp_path, plu
         runtime.load(d, backend="tensorrt")
     with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU|could not deserialize"):  # allowed: next check
         runtime.load(d, backend="tensorrt", allow_plugins=True)
+
+
+@needs_rtx
+def test_truncated_engine_is_named_before_tensorrt_sees_it(built_fp32, tmp_path):
+    d = tmp_path / "t"
+    shutil.copytree(built_fp32[0], d)
+    engine = d / "model.tensorrt_rtx.engine"
+    engine.write_bytes(engine.read_bytes()[:4096])
+    with pytest.raises(ArtifactError, match=r"model.tensorrt_rtx.engine: damaged: 4096 bytes, the manifest records \d+"):
+        runtime.load(d, backend="tensorrt")
+    with pytest.raises(ArtifactError, match=r"model.tensorrt_rtx.engine: damaged"):
+        verify_artifact(d)

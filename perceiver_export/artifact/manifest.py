@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,15 @@ class Manifest:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.data, indent=2) + "\n")
 
 
+@lru_cache(maxsize=1)
+def _validator():
+    from jsonschema import Draft202012Validator
+
+    from .manifest_schema import MANIFEST_SCHEMA
+
+    return Draft202012Validator(MANIFEST_SCHEMA)
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse and validate DIR/manifest.json (not the files it lists: see Manifest.check_files)."""
     directory = Path(directory)
@@ -144,6 +154,10 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(
             f"{path}: schema_version {data['schema_version']!r} is not supported (this version reads {SCHEMA_VERSION})"
         )
+    error = next(iter(sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ArtifactError(f"{path}: does not match the manifest schema at {where}: {error.message[:300]}")
     manifest = Manifest(directory, data)
     try:
         manifest.contract
