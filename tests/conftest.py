@@ -45,3 +45,17 @@ def artifact_copy(tiny_fp32, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(tiny_fp32.directory, dst)
     return dst
+
+
+def save_consistently(model, directory: Path, name: str = "model.onnx") -> None:
+    """Write a (tampered) ONNX model and record its new hash, as someone forging an artifact would."""
+    import json
+
+    import onnx
+
+    from perceiver_export.artifact.manifest import file_entry
+
+    onnx.save(model, str(directory / name))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = file_entry(directory / name)
+    (directory / "manifest.json").write_text(json.dumps(manifest))

@@ -16,6 +16,7 @@ from perceiver_export.engines.flavor import import_flavor, installed_flavors, pa
 from perceiver_export.engines.profiles import Profile, ShapeError, parse_profile, select_profile
 from perceiver_export.errors import ArtifactError, BackendUnavailableError, ConfigError, EngineBuildError, InputError
 from perceiver_export.verify.parity import verify_artifact
+from tests.conftest import save_consistently
 
 needs_rtx = pytest.mark.skipif("tensorrt_rtx" not in installed_flavors(), reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13)")
 
@@ -95,10 +96,7 @@ def test_parser_failure_names_the_node(tiny_fp32, tmp_path):
     model = onnx.load(str(d / "model.onnx"))
     node = next(n for n in model.graph.node if n.op_type == "Erf")
     node.op_type = "FooBarOp"
-    onnx.save(model, str(d / "model.onnx"))
-    manifest = json.loads((d / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = file_entry(d / "model.onnx")
-    (d / "manifest.json").write_text(json.dumps(manifest))
+    save_consistently(model, d)
     with pytest.raises(EngineBuildError, match=rf"could not parse .*model.onnx: node '{node.name}' \(FooBarOp\): .*Plugin not found"):
         build_engine(d, BuildOptions(flavor="tensorrt_rtx"))
 

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 
-from perceiver_export.artifact.manifest import file_entry
 from perceiver_export.contract import AxisRange, IOContract
 from perceiver_export.errors import ArtifactError, ParityError
 from perceiver_export.verify.compare import compare
 from perceiver_export.verify.grid import case_inputs, parity_cases
 from perceiver_export.verify.parity import require_parity, verify_artifact
+from tests.conftest import save_consistently
 
 
 def test_grid_covers_min_max_of_each_axis_odd_lengths_and_masks():
@@ -98,10 +98,7 @@ def test_tampered_weights_with_consistent_hashes_fail_parity(artifact_copy):
     arr = onnx.numpy_helper.to_array(biggest).copy()
     arr.flat[:: 7] += 0.05
     biggest.CopyFrom(onnx.numpy_helper.from_array(arr, biggest.name))
-    onnx.save(model, str(path))
-    manifest = json.loads((artifact_copy / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = file_entry(path)
-    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    save_consistently(model, artifact_copy)
     report = verify_artifact(artifact_copy)
     assert not report.passed and report.failures
     assert min(r.comparison.max_abs for r in report.results if r.backend == "onnxruntime") > 1e-3
@@ -136,9 +133,6 @@ def test_external_data_outside_the_artifact_is_refused(tmp_path, tiny_spec):
     for entry in tensor.external_data:
         if entry.key == "location":
             entry.value = "../../etc/passwd"
-    onnx.save(model, str(d / "model.onnx"))
-    manifest = json.loads((d / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = file_entry(d / "model.onnx")
-    (d / "manifest.json").write_text(json.dumps(manifest))
+    save_consistently(model, d)
     with pytest.raises(ArtifactError, match=r"points to external data '../../etc/passwd' outside the artifact"):
         runtime.load(d)
