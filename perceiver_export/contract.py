@@ -56,9 +56,6 @@ class AxisRange:
         return f"{self.min}:{self.opt}:{self.max}"
 
 
-Dim = "int | str"  # a fixed size, an axis name, or a sum of axis names such as "k_len + v_len"
-
-
 def dim_terms(dim: int | str) -> tuple[str, ...]:
     """The axis names a symbolic dim adds up; () for a fixed size."""
     if isinstance(dim, int):

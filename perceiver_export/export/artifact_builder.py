@@ -131,7 +131,7 @@ def export_artifact(
         report = None
         if verify:
             log("verifying against eager PyTorch")
-            report = verify_artifact(manifest, atol=atol, rtol=rtol, seed=seed, progress=progress)
+            report = verify_artifact(manifest, atol=atol, rtol=rtol, seed=seed, progress=progress, check_files=False)
             _drop_optimized_graph_if_it_alone_failed(manifest, report)
             if not report.passed:
                 rejected = out.parent / f"{out.name}.rejected"
