@@ -89,26 +89,39 @@ class IOContract:
 
     # ---- construction -------------------------------------------------------------
     @classmethod
-    def for_perceiver(cls, dim: int, dtype: str, axes: Mapping[str, AxisRange]) -> "IOContract":
-        """The contract of PerceiverLayer.forward(q, k, v, mask=None) -> out."""
+    def for_call(cls, dim: int, dtype: str, axes: Mapping[str, AxisRange], *, context_dim: int | None = None,
+                 mask: bool = True) -> "IOContract":
+        """The inputs of `forward(q, k, v, mask=None)`; outputs come later, from the exported program."""
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         missing = [a for a in AXES if a not in axes]
         if missing:
             raise ConfigError(f"missing axis ranges: {', '.join(missing)}")
-        return cls(
-            axes={a: axes[a] for a in AXES},
-            inputs=(
-                TensorSpec("q", dtype, ("batch", "q_len", dim), doc="latent queries"),
-                TensorSpec("k", dtype, ("batch", "k_len", dim), doc="first half of the context"),
-                TensorSpec("v", dtype, ("batch", "v_len", dim), doc="second half of the context"),
-                TensorSpec(
-                    "mask", "bool", ("batch", "k_len + v_len"), optional=True,
-                    doc="True = attend to that context position; omitted = attend to all",
-                ),
-            ),
-            outputs=(TensorSpec("out", dtype, ("batch", "q_len", dim), doc="updated latents"),),
+        for what, n in (("dim", dim), ("context_dim", context_dim if context_dim is not None else dim)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"{what} must be a positive integer, got {n!r}")
+        context_dim = dim if context_dim is None else context_dim
+        inputs = [
+            TensorSpec("q", dtype, ("batch", "q_len", dim), doc="latent queries"),
+            TensorSpec("k", dtype, ("batch", "k_len", context_dim), doc="first half of the context"),
+            TensorSpec("v", dtype, ("batch", "v_len", context_dim), doc="second half of the context"),
+        ]
+        if mask:
+            inputs.append(TensorSpec(
+                "mask", "bool", ("batch", "k_len + v_len"), optional=True,
+                doc="True = attend to that context position; omitted = attend to all",
+            ))
+        return cls(axes={a: axes[a] for a in AXES}, inputs=tuple(inputs), outputs=())
+
+    @classmethod
+    def for_perceiver(cls, dim: int, dtype: str, axes: Mapping[str, AxisRange]) -> "IOContract":
+        """The contract of PerceiverLayer.forward(q, k, v, mask=None) -> out (batch, q_len, dim)."""
+        return cls.for_call(dim, dtype, axes).with_outputs(
+            (TensorSpec("out", dtype, ("batch", "q_len", dim), doc="updated latents"),)
         )
+
+    def with_outputs(self, outputs: tuple[TensorSpec, ...]) -> "IOContract":
+        return IOContract(self.axes, self.inputs, tuple(outputs))
 
     def spec(self, name: str) -> TensorSpec:
         return self._by_name[name]

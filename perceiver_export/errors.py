@@ -33,3 +33,10 @@ class ParityError(PerceiverExportError):
 
 class EngineBuildError(PerceiverExportError):
     """TensorRT could not parse the ONNX file or build an engine from it."""
+
+
+class DynamicAxisError(ConfigError):
+    """torch.export cannot keep a declared axis dynamic over its range: the module specialises it to a
+    constant, narrows its range, or ties it to another axis (`.problems` lists each, by input and axis)."""
+
+    problems: list = []

@@ -3,7 +3,9 @@
     python scripts/make_cpp_fixtures.py OUT_DIR
 
 The C++ runtime must reproduce the Python ONNX Runtime runner's outputs on the parity grid and
-raise the same messages as the Python input check on the same bad inputs.
+raise the same messages as the Python input check on the same bad inputs. A second artifact, of a
+user's module whose output is (batch, k_len + v_len, dim) (models/custom_layers.py), shows the same
+contract carrying another output shape to C++.
 """
 
 from __future__ import annotations
@@ -83,9 +85,22 @@ def main(out: Path) -> None:
             damaged.append({"name": label, "artifact": copy.name, "message": str(e)})
         else:
             raise SystemExit(f"damaged artifact {label!r} was accepted by Python")
+    user_module(out, rng)
     cases = {"artifact": "artifact", "parity": parity, "errors": errors, "damaged": damaged}
     (out / "cases.json").write_text(json.dumps(cases, indent=1, ensure_ascii=False))
     print(f"wrote {len(parity)} parity, {len(errors)} error and {len(damaged)} damaged-artifact cases to {out}")
+
+
+def user_module(out: Path, rng) -> None:
+    """user-artifact/ and u_{q,k,v,mask,out}.npy: the 'odd lengths' case through Python's runner."""
+    spec = load_spec("perceiver-tiny").with_module("models.custom_layers:ContextEncoder", {"dim": 32})
+    result = export_artifact(spec, out / "user-artifact", verify=False, optimize=False)
+    runner = runtime.load(result.directory, threads=1)
+    case = next(c for c in parity_cases(runner.contract) if c.name == "odd lengths")
+    feeds = case_inputs(runner.contract, case, rng)
+    for name, value in feeds.items():
+        np.save(out / f"u_{name}.npy", value)
+    np.save(out / "u_out.npy", runner.infer(feeds))
 
 
 def _truncate(path: Path) -> None:

@@ -41,3 +41,18 @@ def test_bad_specs_name_the_problem(tmp_path, text, message):
 def test_unknown_spec_name_lists_known_ones():
     with pytest.raises(ConfigError, match="no model spec named 'nope'; known: perceiver-base, perceiver-tiny"):
         load_spec("nope")
+
+
+def test_spec_can_name_a_user_module_with_io_sizes(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('module = "models.custom_layers:LatentCrossAttention"\n[model]\nquery_dim = 16\ncontext_dim = 24\n'
+                    '[io]\ndim = 16\n[axes]\nbatch = [1, 1, 2]\nq_len = [1, 2, 3]\nk_len = [1, 2, 3]\nv_len = [1, 2, 3]\n')
+    spec = load_spec(path)
+    contract = spec.contract("float32")
+    assert spec.module == "models.custom_layers:LatentCrossAttention" and spec.name == "mine"
+    assert contract.spec("q").dims == ("batch", "q_len", 16) and contract.spec("v").dims == ("batch", "v_len", 24)
+    assert contract.input_names == ("q", "k", "v", "mask") and contract.outputs == ()
+    assert type(spec.build()).__name__ == "LatentCrossAttention"
+    path.write_text(path.read_text().replace("[io]\ndim = 16", "[io]\nwidth = 16"))
+    with pytest.raises(ConfigError, match=r"unknown \[io\] keys \['width'\]; it takes dim and context_dim"):
+        load_spec(path)

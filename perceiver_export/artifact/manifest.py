@@ -56,6 +56,11 @@ class Manifest:
         return self.data["dtype"]
 
     @property
+    def model_class(self) -> str:
+        """The exported module: perceiver_export.PerceiverLayer, or a user's "package.module:Class"."""
+        return self.data["model"]["class"]
+
+    @property
     def model_config(self) -> dict:
         return dict(self.data["model"]["config"])
 

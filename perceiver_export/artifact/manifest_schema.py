@@ -26,7 +26,9 @@ MANIFEST_SCHEMA = {
         "schema": {"const": "perceiver-export/manifest"},
         "schema_version": {"const": 1},
         "name": _NAME,
-        "model": {"type": "object", "required": ["config"], "properties": {"config": {"type": "object", "maxProperties": 64}}},
+        "model": {"type": "object", "required": ["class", "config"], "properties": {
+            "class": {"type": "string", "maxLength": 256, "pattern": r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$"},
+            "config": {"type": "object", "maxProperties": 64}}},
         "dtype": {"enum": ["float32", "float16", "bfloat16"]},
         "opset": {"type": "integer", "minimum": 1, "maximum": 100},
         "contract": {

@@ -8,8 +8,8 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ArtifactError, ConfigError
-from ..model import PerceiverLayer
+from ..errors import ArtifactError, BackendUnavailableError, ConfigError
+from ..model.module_ref import construct
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,9 +59,16 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def build_model(config: Mapping, weights: Path, dtype: str = "float32") -> PerceiverLayer:
-    """Rebuild an eval-mode PerceiverLayer from a manifest's config and an artifact's weights."""
-    model = PerceiverLayer(**config)
+def build_model(module: str, config: Mapping, weights: Path, dtype: str = "float32") -> torch.nn.Module:
+    """Rebuild the eval-mode module from a manifest's class and config and an artifact's weights.
+
+    A user's module is imported by the name the manifest records: it must be importable here
+    (installed, or on PYTHONPATH), and only an nn.Module subclass is ever constructed.
+    """
+    try:
+        model = construct(module, config)
+    except ConfigError as e:
+        raise BackendUnavailableError(f"the eager model of this artifact cannot be rebuilt here: {e}") from None
     try:
         state = load_file(weights)
     except Exception as e:

@@ -1,7 +1,9 @@
-"""Analytic FLOP count of PerceiverLayer.forward: the matrix products, 2 FLOPs per multiply-add.
+"""FLOPs of one forward: the matrix products, 2 FLOPs per multiply-add.
 
-LayerNorm, softmax, GELU, masking and residual adds are left out (O(tokens x dim), under 1% at the
-reference sizes); so "achieved FLOP/s" is GEMM work per second, comparable with a GEMM peak.
+PerceiverLayer's are counted analytically; a user's module's by torch's FLOP counter on the
+eager model (it counts the same matrix products). LayerNorm, softmax, GELU, masking and
+residual adds are left out (O(tokens x dim), under 1% at the reference sizes); so "achieved
+FLOP/s" is GEMM work per second, comparable with a GEMM peak.
 """
 
 from __future__ import annotations
@@ -25,3 +27,19 @@ def perceiver_flops(config: Mapping, batch: int, q_len: int, k_len: int, v_len: 
         + 2 * batch * q_len * (dim * hidden + hidden * dim)  # feed-forward
     )
     return depth * per_block
+
+
+def counted_flops(model, feeds: Mapping) -> int:
+    """Matrix-product FLOPs of `model(*feeds.values())`, counted by torch.utils.flop_counter."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args = [torch.from_numpy(x) if x.dtype == bool else torch.from_numpy(x.astype("float32")) for x in feeds.values()]
+    counter = FlopCounterMode(display=False)
+    # The counter has no formula for the CPU flash-attention kernel: scaled_dot_product_attention's
+    # math backend runs the same products as bmm, which it counts. The count is the math's, whichever
+    # kernel serves it later.
+    with counter, torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+        model(*args)
+    return int(counter.get_total_flops())

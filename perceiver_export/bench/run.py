@@ -15,9 +15,11 @@ import numpy as np
 
 from ..artifact.manifest import read_manifest
 from ..errors import BackendUnavailableError, ConfigError
+from ..model.module_ref import OURS
+from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
 from .backends import BACKENDS, BASELINE, DEFAULT_BACKENDS, prepare
-from .flops import perceiver_flops
+from .flops import counted_flops, perceiver_flops
 from .grid import Point, default_grid
 from .measure import gemm_peak_gflops, rss_bytes, time_callable
 
@@ -62,12 +64,23 @@ def cpu_simd_flags() -> list[str]:
 
 
 def point_inputs(manifest, point: Point, rng: np.random.Generator) -> dict:
-    batch, q, k, v = point
-    dim = int(manifest.model_config["dim"])
-    dtype = NUMPY_DTYPES[manifest.dtype]
-    feeds = {name: rng.standard_normal((batch, n, dim), dtype=np.float32).astype(dtype) for name, n in (("q", q), ("k", k), ("v", v))}
-    feeds["mask"] = rng.random((batch, k + v)) < 0.8
+    """Every input of the contract at one grid point (a mask, when there is one, attends to ~80%)."""
+    contract = manifest.contract
+    sizes = dict(zip(("batch", "q_len", "k_len", "v_len"), point))
+    feeds = {}
+    for spec in contract.inputs:
+        shape = contract.concrete_shape(spec.name, sizes)
+        if spec.dtype == "bool":
+            feeds[spec.name] = rng.random(shape) < 0.8
+        else:
+            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(NUMPY_DTYPES[spec.dtype])
     return feeds
+
+
+def point_flops(manifest, feeds: dict, point: Point, counter_model=None) -> int:
+    if manifest.model_class == OURS:
+        return perceiver_flops(manifest.model_config, *point)
+    return counted_flops(counter_model, feeds)
 
 
 def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable[[str], None] = lambda msg: None) -> dict:
@@ -80,6 +93,9 @@ def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable
     rng = np.random.default_rng(settings.seed)
     inputs = [point_inputs(manifest, p, rng) for p in grid]
 
+    counter_model = None if manifest.model_class == OURS else load(manifest, backend="torch", check_files=False, dtype="float32").model
+    flops_at = [point_flops(manifest, feeds, p, counter_model) for p, feeds in zip(grid, inputs)]
+    del counter_model
     progress(f"measuring the float32 GEMM peak ({settings.threads} threads)")
     gemm = gemm_peak_gflops(settings.threads)
     peak = max(gemm.values())
@@ -111,7 +127,7 @@ def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable
                 reference.append(out)
             ref = reference[i]
             batch, q, k, v = point
-            flops = perceiver_flops(manifest.model_config, batch, q, k, v)
+            flops = flops_at[i]
             seconds = timing.median_ms / 1e3
             results.append({
                 "backend": name,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -11,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from .. import __version__
 from ..contract import AXES, AxisRange
-from ..errors import ParityError, PerceiverExportError
+from ..errors import ConfigError, ParityError, PerceiverExportError
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 ARTIFACTS = Path("artifacts")
@@ -31,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     onnx = sub.add_parser("onnx", help="export a model to ONNX with dynamic axes, then verify it against eager PyTorch")
     onnx.add_argument("--config", default="perceiver-base", help="model spec: a .toml path or a name under models/ (default: perceiver-base)")
+    onnx.add_argument("--model", metavar="PACKAGE.MODULE:CLASS",
+                      help="export your own nn.Module with forward(q, k, v, mask=None) instead (axis ranges still from --config)")
+    onnx.add_argument("--model-args", metavar="JSON", help="--model's constructor keyword arguments, a JSON object (default {})")
+    onnx.add_argument("--dim", type=int, help="feature size of q (default: the constructor's dim or query_dim)")
+    onnx.add_argument("--context-dim", type=int, help="feature size of k and v (default: the constructor's context_dim, else --dim)")
+    onnx.add_argument("--name", help="artifact name (default: the spec's name, or --model's class in kebab-case)")
     onnx.add_argument("--checkpoint", help="weights: .safetensors, or a torch checkpoint (loaded with weights_only=True); default: seeded random")
     onnx.add_argument("--out", type=Path, help="output directory (default: artifacts/<model name>)")
     onnx.add_argument("--opset", type=int, default=None, help="ONNX opset, 17..23 (default: 18)")
@@ -79,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
     inspect.add_argument("dir", type=Path, help="artifact directory")
+
+    triton = sub.add_parser("triton", help="write a Triton Inference Server model repository for an artifact (configs from its I/O contract)")
+    triton.add_argument("dir", type=Path, help="artifact directory")
+    triton.add_argument("--repo", type=Path, default=Path("triton"), metavar="PATH", help="model repository; other models in it are left alone (default: ./triton)")
+    triton.add_argument("--name", help="model name (default: the artifact's name)")
+    triton.add_argument("--version", type=int, default=1, metavar="N", help="model version directory (default 1)")
+    triton.add_argument("--graph", default="plain", choices=["plain", "optimized", "int8"],
+                        help="which of the artifact's ONNX graphs to serve, written as model.onnx (default: plain)")
+    triton.add_argument("--max-queue-delay-us", type=int, default=100, metavar="N", help="dynamic batching's queue delay in µs (default 100)")
+    triton.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic batching out of the config")
+    triton.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")
+    triton.add_argument("--kind", default="auto", choices=["auto", "gpu", "cpu"],
+                        help="instance kind of the ONNX model: auto = Triton picks the GPU when there is one (default)")
+    triton.add_argument("--trt-name", metavar="NAME", help="name of the TensorRT model (default: <name>-tensorrt)")
+    engines = triton.add_mutually_exclusive_group()
+    engines.add_argument("--engine", action="append", default=[], metavar="FILE",
+                         help="engine of the manifest to serve (repeatable; default: every datacenter TensorRT engine)")
+    engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
     return parser
 
 
@@ -118,6 +145,13 @@ def cmd_onnx(args, console: Console) -> int:
     from .report_table import print_parity
 
     spec = load_spec(args.config)
+    if args.model:
+        spec = spec.with_module(args.model, _json_object(args.model_args, "--model-args"), name=args.name,
+                                io={k: v for k, v in (("dim", args.dim), ("context_dim", args.context_dim)) if v is not None})
+    elif args.model_args or args.dim or args.context_dim:
+        raise ConfigError("--model-args, --dim and --context-dim go with --model")
+    elif args.name:
+        spec = replace(spec, name=args.name)
     overrides = {a: AxisRange.parse(getattr(args, a), _axis_option(a)) for a in AXES if getattr(args, a) is not None}
     spec = spec.with_axes(overrides)
     out = args.out or ARTIFACTS / spec.name
@@ -138,6 +172,18 @@ def cmd_onnx(args, console: Console) -> int:
     files = ", ".join(result.manifest.data["files"])
     console.print(f"wrote {result.directory}/ ({files}, manifest.json) in {result.seconds:.1f} s", highlight=False)
     return EXIT_OK
+
+
+def _json_object(text: str | None, option: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option}: not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: expected a JSON object of keyword arguments, got {type(value).__name__}")
+    return value
 
 
 def cmd_verify(args, console: Console) -> int:
@@ -221,14 +267,36 @@ def cmd_inspect(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_triton(args, console: Console) -> int:
+    from ..serving.triton_repo import TritonOptions, server_command, write_triton_repo
+
+    options = TritonOptions(name=args.name, version=args.version, graph=args.graph, dynamic_batching=not args.no_dynamic_batching,
+                            max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
+                            engines=not args.no_engines, engine_files=args.engine, trt_name=args.trt_name)
+    result = write_triton_repo(args.dir, args.repo, options)
+    for model in result.models:
+        files = ", ".join(["config.pbtxt", *model.files])
+        console.print(f"wrote {result.repo / model.name}/ ({model.platform}, max_batch_size {model.max_batch_size}): {files}")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    if result.validated:
+        console.print("configs validated with Triton's model_config.proto (tritonclient)")
+    console.print(f"start the server:\n  {server_command(result.repo)}", soft_wrap=True)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # As `python -m` does: `--model mypackage.layer:Class` and artifacts of it resolve from the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     # Wide enough for the parity table when piped to a file or CI log.
     width = None if sys.stdout.isatty() else 160
     console = Console(highlight=False, width=width)
     errors = Console(stderr=True, highlight=False, width=width)
     try:
-        commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect}
+        commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
+                    "triton": cmd_triton}
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")

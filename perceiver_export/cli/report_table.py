@@ -28,6 +28,12 @@ def print_parity(report: ParityReport, console: Console) -> None:
             "[green]pass[/]" if c.passed else "[bold red]FAIL[/]",
         )
     console.print(table)
+    errors = {}
+    for r in report.results:
+        if r.comparison.error:
+            errors.setdefault((r.backend, r.comparison.error), []).append(r.case.name)
+    for (backend, error), cases in errors.items():
+        console.print(f"[bold red]{backend}[/] failed to run ({len(cases)} case(s): {', '.join(cases)}): {error}")
     for note in report.notes:
         console.print(f"note: {note}")
     verdict = "[green]PASSED[/]" if report.passed else f"[bold red]FAILED[/] ({len(report.failures)} of {len(report.results)} cases)"

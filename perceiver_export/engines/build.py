@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from ..artifact.atomic import atomic_write_bytes
 from ..artifact.manifest import Manifest, file_entry, read_manifest
 from ..errors import ArtifactError, ConfigError, EngineBuildError
+from .compat import cuda_compute_capability
 from .flavor import Flavor, import_flavor
 from .profiles import Profile, default_profile
 
@@ -165,7 +166,7 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
         "file": engine_name,
         "flavor": flavor.name,
         "version": flavor.version,
-        "compute_capabilities": list(dict.fromkeys(options.compute_capabilities)) or None,
+        "compute_capabilities": _targets(flavor, options),
         "precision": f"{manifest.dtype} (from the ONNX types; strongly typed)",
         "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
         "plugins": plugins,  # plugin layers run native code when the engine loads; the runner refuses them by default
@@ -184,6 +185,14 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
     }
     _record(manifest, engine_name, path, entry)
     return BuildResult(path, entry, seconds, notes)
+
+
+def _targets(flavor, options: BuildOptions) -> list[str] | None:
+    """The GPUs an engine runs on: TensorRT-RTX's chosen ones; datacenter TensorRT's is the build GPU's."""
+    if flavor.targets_compute_capabilities:
+        return list(dict.fromkeys(options.compute_capabilities)) or None
+    gpu = cuda_compute_capability()
+    return [gpu] if gpu else None
 
 
 def _record(manifest: Manifest, engine_name: str, path: Path, entry: dict) -> None:

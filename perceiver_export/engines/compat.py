@@ -50,3 +50,13 @@ def check_engine_trusted(entry: Mapping, allow_plugins: bool) -> None:
         raise EngineIncompatibleError(
             f"{name} embeds plugin layers {plugins[:5]} (native code): pass allow_plugins=True only if you trust its source"
         )
+
+
+def cuda_compute_capability(device=0) -> str | None:
+    """The GPU's compute capability as "sm90", or None without a CUDA GPU (asked through torch)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"

@@ -17,7 +17,6 @@ from ..artifact.weights import TORCH_DTYPES, load_into, read_checkpoint, save_we
 from ..config import ModelSpec
 from ..contract import DTYPES
 from ..errors import ConfigError, ParityError
-from ..model import PerceiverLayer
 from ..verify.parity import ParityReport, require_parity, verify_artifact
 from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
 from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_int8_graph, write_optimized_graph
@@ -41,10 +40,10 @@ def normalize_dtype(dtype: str) -> str:
     return dtype
 
 
-def build_eager_model(spec: ModelSpec, seed: int, checkpoint: str | Path | None) -> PerceiverLayer:
-    """The float32 eval-mode model: seeded random weights, or the checkpoint's."""
+def build_eager_model(spec: ModelSpec, seed: int, checkpoint: str | Path | None) -> torch.nn.Module:
+    """The float32 eval-mode model (ours or the spec's module): seeded random weights, or the checkpoint's."""
     torch.manual_seed(seed)
-    model = PerceiverLayer(**spec.model)
+    model = spec.build().float()
     if checkpoint is not None:
         load_into(model, read_checkpoint(checkpoint), f"checkpoint {checkpoint}")
     return model.eval()
@@ -83,12 +82,12 @@ def export_artifact(
     start = time.perf_counter()
     dtype = normalize_dtype(dtype)
     out = Path(out)
-    contract = spec.contract(dtype)
     remove_stale_staging(out)
 
     model = build_eager_model(spec, seed, checkpoint).to(TORCH_DTYPES[dtype])
-    log(f"exporting {spec.name} ({sum(p.numel() for p in model.parameters()):,} parameters, {dtype}, opset {opset})")
-    proto = export_onnx(model, contract, opset)
+    log(f"exporting {spec.name} ({spec.module}, {sum(p.numel() for p in model.parameters()):,} parameters, {dtype}, opset {opset})")
+    doc = "updated latents" if spec.is_ours else f"output of {spec.module}"
+    proto, contract = export_onnx(model, spec.contract(dtype), opset, output_doc=doc)
 
     staging = staging_dir_for(out)
     try:
@@ -110,7 +109,7 @@ def export_artifact(
                 "schema_version": SCHEMA_VERSION,
                 "name": spec.name,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "model": {"class": "perceiver_export.PerceiverLayer", "config": dict(spec.model)},
+                "model": {"class": spec.module, "config": dict(spec.model)},
                 "dtype": dtype,
                 "opset": opset,
                 "seed": None if checkpoint else seed,
@@ -157,10 +156,11 @@ def _drop_optimized_graph_if_it_alone_failed(manifest: Manifest, report: ParityR
     name = f"onnxruntime-{OPTIMIZED}"
     if failing != {name}:
         return
-    worst = max(r.comparison.max_abs for r in report.failures)
+    crashed = next((r.comparison.error for r in report.failures if r.comparison.error), None)
+    why = f"failed to run ({crashed})" if crashed else f"failed parity (max abs error {max(r.comparison.max_abs for r in report.failures):.3g})"
     for f in manifest.data["graphs"].pop(OPTIMIZED)["files"]:
         manifest.data["files"].pop(f, None)
         (manifest.directory / f).unlink(missing_ok=True)
-    report.drop_backend(name, f"the optimized ONNX Runtime graph failed parity (max abs error {worst:.3g}) and was not written")
+    report.drop_backend(name, f"the optimized ONNX Runtime graph {why} and was not written")
     manifest.data["parity"] = report.as_dict()
     manifest.write()

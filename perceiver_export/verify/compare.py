@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class Tolerance:
     """Pass when |out - ref| <= atol + rtol * |ref| + scale_atol * std(ref), elementwise.
@@ -49,6 +50,12 @@ class Comparison:
     scale: float  # standard deviation of the reference
     max_abs_over_scale: float
     passed: bool
+    error: str | None = None  # the backend raised, or gave the wrong shape: no numbers to compare
+
+    @classmethod
+    def failed_run(cls, error: str) -> "Comparison":
+        inf = float("inf")
+        return cls(inf, inf, inf, inf, inf, inf, 0, 0.0, inf, False, error)
 
     def as_dict(self) -> dict:
         """JSON-safe: an infinite statistic (NaN in the output) is written as null."""
@@ -62,15 +69,20 @@ def compare(out: np.ndarray, ref: np.ndarray, atol: float, rtol: float, scale_at
     with the scale term folded into atol.
     """
     if out.shape != ref.shape:
-        raise ValueError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+        return Comparison.failed_run(f"output shape {out.shape} differs from the reference's {ref.shape}")
     out = np.asarray(out, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     nonfinite = int(np.count_nonzero(~np.isfinite(out) & np.isfinite(ref)))
-    diff = np.abs(out - ref)
-    diff = np.where(np.isfinite(diff), diff, np.inf)
-    scale = float(ref.std()) if ref.size else 0.0
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(out - ref)
+    # NaN where the reference has NaN, or the same infinity, agrees (NaN/Inf propagate: README); any other
+    # non-finite difference is a miss no tolerance covers.
+    agree = (out == ref) | (np.isnan(out) & np.isnan(ref))
+    diff = np.where(agree, 0.0, np.where(np.isfinite(diff), diff, np.inf))
+    finite_ref = ref[np.isfinite(ref)]
+    scale = float(finite_ref.std()) if finite_ref.size else 0.0
     atol = atol + scale_atol * scale
-    mag = np.abs(ref)
+    mag = np.where(np.isfinite(ref), np.abs(ref), 0.0)
     nonzero = mag > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         # Relative error is undefined where the reference is exactly 0; rtol can never cover such a miss.

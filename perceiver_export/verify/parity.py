@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..artifact.manifest import Manifest, read_manifest
-from ..errors import BackendUnavailableError, ParityError
+from ..errors import BackendUnavailableError, InputError, ParityError
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
 from .compare import TOLERANCES, Comparison, Tolerance, compare
@@ -72,7 +72,7 @@ class ParityReport:
             "seed": self.seed,
             "backends": self.backends,
             "notes": self.notes,
-            "worst_max_abs": worst.comparison.max_abs if worst else None,
+            "worst_max_abs": worst.comparison.max_abs if worst and np.isfinite(worst.comparison.max_abs) else None,
             "cases": [r.as_dict() for r in self.results],
         }
 
@@ -142,11 +142,17 @@ def verify_artifact(
         feeds = {n: (x.astype(dtype) if x is not None and x.dtype != np.bool_ else x) for n, x in feeds.items()}
         ref = reference.infer(feeds)  # the float32 runner upcasts the rounded inputs
         for runner in runners:
-            start = time.perf_counter()
-            out = runner.infer(feeds)
-            seconds = time.perf_counter() - start
             tol = tolerance(runner)
-            comparison = compare(out.astype(np.float32), ref, tol.atol, tol.rtol, tol.scale_atol)
+            start = time.perf_counter()
+            try:
+                out = runner.infer(feeds)
+            except InputError:
+                raise  # the grid lies inside the contract: this would be our bug, not the backend's
+            except Exception as e:  # a backend that crashes on a valid input fails parity; it does not abort it
+                comparison = Comparison.failed_run(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}")
+            else:
+                comparison = compare(out.astype(np.float32), ref, tol.atol, tol.rtol, tol.scale_atol)
+            seconds = time.perf_counter() - start
             result = CaseResult(runner.backend, case, comparison, seconds, tol)
             report.results.append(result)
             if progress:
@@ -160,11 +166,14 @@ def verify_artifact(
 def require_parity(report: ParityReport) -> None:
     if not report.passed:
         worst = max(report.failures, key=lambda r: r.comparison.required_atol)
+        if worst.comparison.error:
+            what = f"failed to run: {worst.comparison.error}"
+        else:
+            what = (f"max abs error {worst.comparison.max_abs:.3g} needs atol {worst.comparison.required_atol:.3g} "
+                    f"at rtol {worst.tolerance.rtol:g} (allowed {worst.tolerance.as_dict()})")
         error = ParityError(
             f"{len(report.failures)} of {len(report.results)} parity cases failed; worst: {worst.backend} "
-            f"'{worst.case.name}' ({worst.case.label}) max abs error {worst.comparison.max_abs:.3g} "
-            f"needs atol {worst.comparison.required_atol:.3g} at rtol {worst.tolerance.rtol:g} "
-            f"(allowed {worst.tolerance.as_dict()})"
+            f"'{worst.case.name}' ({worst.case.label}) {what}"
         )
         error.report = report
         raise error

@@ -15,21 +15,12 @@ import numpy as np
 
 from ...artifact.atomic import atomic_write_bytes
 from ...artifact.manifest import Manifest
-from ...engines.compat import check_engine_compatible, check_engine_trusted
+from ...engines.compat import check_engine_compatible, check_engine_trusted, cuda_compute_capability
 from ...engines.flavor import create_execution_context, create_runtime_cache, import_flavor
 from ...engines.profiles import Profile, select_profile
 from ...errors import ArtifactError, BackendUnavailableError
 from ..arrays import to_numpy, to_torch
 from ..base import Runner
-
-
-def cuda_compute_capability(device) -> str | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm{major}{minor}"
 
 
 def pick_engine(manifest: Manifest, engine: str | None) -> dict:

@@ -1,0 +1,1 @@
+"""Serving an artifact: model repositories for inference servers, derived from the manifest's I/O contract."""

@@ -1,0 +1,113 @@
+"""One-off GPU measurement: eager PyTorch on CUDA against the artifact's float32 CPU reference, and its latency.
+
+    python scripts/gpu_eager_check.py OUT.json ARTIFACT_DIR [ARTIFACT_DIR ...]
+
+For each artifact: the compute capability our engine code records (engines.compat), the parity grid run
+by the `torch` runner on CUDA in float32 (TF32 off, torch's default), float16 and bfloat16, each compared
+with the CPU float32 reference (max abs error, the tolerance it would need), and CUDA latency (median of
+timed runs after warm-up, synchronised) at opt and max shapes against ONNX Runtime on this machine's CPUs
+in the same run. Needs a CUDA GPU; the numbers go to README "Benchmarks" by hand, with the card named.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceiver_export import runtime
+from perceiver_export.engines.compat import cuda_compute_capability
+from perceiver_export.runtime.arrays import NUMPY_DTYPES
+from perceiver_export.verify.compare import TOLERANCES, compare
+from perceiver_export.verify.grid import case_inputs, parity_cases
+
+
+def cuda_ms(fn, warmup: int = 5, runs: int = 30) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def cpu_ms(fn, warmup: int = 2, runs: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def check(directory: Path) -> dict:
+    reference = runtime.load(directory, backend="torch", dtype="float32")
+    contract = reference.contract
+    rng = np.random.default_rng(0)
+    cases = [(c, case_inputs(contract, c, rng)) for c in parity_cases(contract)]
+    parity = {}
+    for dtype in ("float32", "float16", "bfloat16"):
+        gpu = runtime.load(directory, backend="torch", device="cuda", dtype=dtype)
+        worst = {"max_abs": 0.0, "required_atol": 0.0, "passed_default_tolerance": True}
+        tol = TOLERANCES[dtype]
+        for case, feeds in cases:
+            # Rounded to the dtype under test, handed over as the artifact's float32 (the runner casts them back).
+            rounded = {n: (x.astype(NUMPY_DTYPES[dtype]).astype(np.float32) if x is not None and x.dtype != np.bool_ else x)
+                       for n, x in feeds.items()}
+            ref = reference.infer(rounded)
+            c = compare(gpu.infer(rounded).astype(np.float32), ref, tol.atol, tol.rtol)
+            worst["max_abs"] = max(worst["max_abs"], c.max_abs)
+            worst["required_atol"] = max(worst["required_atol"], c.required_atol)
+            worst["passed_default_tolerance"] &= c.passed
+        parity[dtype] = worst
+    timing = {}
+    axes = contract.axes
+    for label, sizes in (("opt", {a: r.opt for a, r in axes.items()}), ("max", {a: r.max for a, r in axes.items()})):
+        feeds = {n: x for n, x in case_inputs(contract, type(cases[0][0])(label, sizes, "random"), rng).items()}
+        row = {"sizes": sizes}
+        ort = runtime.load(directory, backend="onnxruntime", graph="plain")
+        row["onnxruntime_cpu_ms"] = cpu_ms(lambda: ort.infer(feeds))
+        for dtype in ("float32", "float16", "bfloat16"):
+            gpu = runtime.load(directory, backend="torch", device="cuda", dtype=dtype)
+            tensors = {n: (torch.from_numpy(x).cuda() if x.dtype == np.bool_ else torch.from_numpy(x).cuda().to(getattr(torch, dtype)))
+                       for n, x in feeds.items()}
+            model = gpu.model
+            args = [tensors[s.name] for s in contract.inputs if s.name in tensors]
+
+            def step():
+                with torch.inference_mode():
+                    model(*args)
+
+            row[f"torch_cuda_{dtype}_ms"] = cuda_ms(step)
+        row["speedup_cuda_fp16_vs_fp32"] = row["torch_cuda_float32_ms"] / row["torch_cuda_float16_ms"]
+        row["speedup_cuda_fp32_vs_onnxruntime_cpu"] = row["onnxruntime_cpu_ms"] / row["torch_cuda_float32_ms"]
+        timing[label] = row
+    return {"artifact": str(directory), "model": reference.manifest.data["model"], "parity_vs_cpu_fp32": parity, "latency": timing}
+
+
+def main(out: Path, directories: list[Path]) -> None:
+    result = {
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": cuda_compute_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "artifacts": [check(d) for d in directories],
+    }
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
