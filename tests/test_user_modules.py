@@ -241,6 +241,9 @@ def test_a_backend_that_crashes_fails_parity_instead_of_aborting(context_encoder
 def test_cli_errors_exit_3_with_the_message(tmp_path):
     assert main(["onnx", "--config", "perceiver-tiny", "--model", f"{EXAMPLES}:ContextEncoder", "--model-args", "[32]",
                  "--out", str(tmp_path / "a")]) == 3
+    assert main(["onnx", "--config", "perceiver-tiny", "--dim", "64", "--out", str(tmp_path / "a")]) == 3  # ours: dim is in its spec
+    assert main(["onnx", "--config", "perceiver-tiny", "--model-args", "{}", "--out", str(tmp_path / "a")]) == 3
+    assert not (tmp_path / "a").exists()
     result = cli("onnx", "--config", "perceiver-tiny", "--model", "tests.user_layers:ShortContext", "--model-args", '{"dim": 32}',
                  "--out", str(tmp_path / "b"))
     assert result.returncode == 3

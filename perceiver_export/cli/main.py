@@ -145,13 +145,15 @@ def cmd_onnx(args, console: Console) -> int:
     from .report_table import print_parity
 
     spec = load_spec(args.config)
+    io = {k: v for k, v in (("dim", args.dim), ("context_dim", args.context_dim)) if v is not None}
     if args.model:
-        spec = spec.with_module(args.model, _json_object(args.model_args, "--model-args"), name=args.name,
-                                io={k: v for k, v in (("dim", args.dim), ("context_dim", args.context_dim)) if v is not None})
-    elif args.model_args or args.dim or args.context_dim:
-        raise ConfigError("--model-args, --dim and --context-dim go with --model")
-    elif args.name:
-        spec = replace(spec, name=args.name)
+        spec = spec.with_module(args.model, _json_object(args.model_args, "--model-args"), name=args.name, io=io)
+    elif args.model_args is not None:
+        raise ConfigError("--model-args goes with --model")
+    elif io and spec.is_ours:
+        raise ConfigError("--dim and --context-dim are for your own module (--model); PerceiverLayer's dim is in its spec")
+    else:
+        spec = replace(spec, name=args.name or spec.name, io={**spec.io, **io})
     overrides = {a: AxisRange.parse(getattr(args, a), _axis_option(a)) for a in AXES if getattr(args, a) is not None}
     spec = spec.with_axes(overrides)
     out = args.out or ARTIFACTS / spec.name
