@@ -94,6 +94,8 @@ class ModelSpec:
         unknown_io = sorted(set(io) - {"dim", "context_dim"})
         if unknown_io:
             raise ConfigError(f"{source}: unknown [io] keys {unknown_io}; it takes dim and context_dim")
+        if io and module == OURS:
+            raise ConfigError(f"{source}: [io] is for a user's module (module = ...); PerceiverLayer's sizes are in [model]")
         axes = {}
         for axis in AXES:
             value = data.get("axes", {}).get(axis)
