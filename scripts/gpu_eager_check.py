@@ -6,7 +6,7 @@ For each artifact: the compute capability our engine code records (engines.compa
 by the `torch` runner on CUDA in float32 (TF32 off, torch's default), float16 and bfloat16, each compared
 with the CPU float32 reference (max abs error, the tolerance it would need), and CUDA latency (median of
 timed runs after warm-up, synchronised) at opt and max shapes against ONNX Runtime on this machine's CPUs
-in the same run. Needs a CUDA GPU; the numbers go to README "Benchmarks" by hand, with the card named.
+in the same run, eager and replayed as a CUDA graph. Needs a CUDA GPU; the numbers go to README "Benchmarks" by hand, with the card named.
 """
 
 from __future__ import annotations
@@ -38,6 +38,20 @@ def cuda_ms(fn, warmup: int = 5, runs: int = 30) -> float:
         torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def captured(step):
+    """The same forward captured once as a CUDA graph (static inputs): what replaying it costs, launches removed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def cpu_ms(fn, warmup: int = 2, runs: int = 10) -> float:
@@ -90,7 +104,15 @@ def check(directory: Path) -> dict:
                     model(*args)
 
             row[f"torch_cuda_{dtype}_ms"] = cuda_ms(step)
+            try:
+                row[f"cuda_graph_{dtype}_ms"] = cuda_ms(captured(step))
+            except Exception as e:  # a module whose forward syncs with the host cannot be captured
+                row[f"cuda_graph_{dtype}_ms"] = None
+                row["cuda_graph_error"] = f"{type(e).__name__}: {e}"[:300]
         row["speedup_cuda_fp16_vs_fp32"] = row["torch_cuda_float32_ms"] / row["torch_cuda_float16_ms"]
+        if row["cuda_graph_float32_ms"] and row["cuda_graph_float16_ms"]:
+            row["speedup_cuda_graph_fp32_vs_eager"] = row["torch_cuda_float32_ms"] / row["cuda_graph_float32_ms"]
+            row["speedup_cuda_graph_fp16_vs_eager_fp32"] = row["torch_cuda_float32_ms"] / row["cuda_graph_float16_ms"]
         row["speedup_cuda_fp32_vs_onnxruntime_cpu"] = row["onnxruntime_cpu_ms"] / row["torch_cuda_float32_ms"]
         timing[label] = row
     return {"artifact": str(directory), "model": reference.manifest.data["model"], "parity_vs_cpu_fp32": parity, "latency": timing}
