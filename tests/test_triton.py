@@ -46,7 +46,8 @@ def copy_of(result, tmp_path, name="a"):
 
 def add_datacenter_engine(directory, file, compute_capabilities=None, profiles=None, version="10.13.3.9"):
     """Record a `tensorrt`-flavor engine as engines/build.py does (datacenter TensorRT is not installable here,
-    so the plan is stand-in bytes, hashed like any file). build.py records compute_capabilities None for it."""
+    so the plan is stand-in bytes, hashed like any file). build.py records the build GPU's compute capability for
+    it, or None when torch sees no CUDA GPU at build time."""
     manifest = read_manifest(directory)
     contract = manifest.contract
     path = directory / file

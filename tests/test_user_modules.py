@@ -99,6 +99,19 @@ def test_engine_builds_with_an_ignored_mask_input(context_encoder, tmp_path):
     assert shapes["mask"] == {"min": [1, 2], "opt": [2, 16], "max": [4, 48]}
 
 
+def test_triton_config_of_a_user_module_follows_its_contract(context_encoder, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from perceiver_export.serving.triton_repo import write_triton_repo
+
+    write_triton_repo(context_encoder.directory, tmp_path / "repo")
+    config = text_format.Parse((tmp_path / "repo" / "context-encoder" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 4
+    assert [(t.name, list(t.dims)) for t in config.input] == [("q", [-1, 32]), ("k", [-1, 32]), ("v", [-1, 32]), ("mask", [-1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("out", [-1, 32])]  # (batch, k_len + v_len, 32)
+
+
 def test_bench_counts_a_user_modules_flops(context_encoder, tmp_path):
     from perceiver_export.bench.flops import counted_flops
     from perceiver_export.bench.run import BenchSettings, run_bench
