@@ -24,7 +24,7 @@ from perceiver_export import runtime
 from perceiver_export.engines.compat import cuda_compute_capability
 from perceiver_export.runtime.arrays import NUMPY_DTYPES
 from perceiver_export.verify.compare import TOLERANCES, compare
-from perceiver_export.verify.grid import case_inputs, parity_cases
+from perceiver_export.verify.grid import Case, case_inputs, parity_cases
 
 
 def cuda_ms(fn, warmup: int = 5, runs: int = 30) -> float:
@@ -70,9 +70,9 @@ def check(directory: Path) -> dict:
     contract = reference.contract
     rng = np.random.default_rng(0)
     cases = [(c, case_inputs(contract, c, rng)) for c in parity_cases(contract)]
+    gpus = {dtype: runtime.load(directory, backend="torch", device="cuda", dtype=dtype) for dtype in ("float32", "float16", "bfloat16")}
     parity = {}
-    for dtype in ("float32", "float16", "bfloat16"):
-        gpu = runtime.load(directory, backend="torch", device="cuda", dtype=dtype)
+    for dtype, gpu in gpus.items():
         worst = {"max_abs": 0.0, "required_atol": 0.0, "passed_default_tolerance": True}
         tol = TOLERANCES[dtype]
         for case, feeds in cases:
@@ -87,13 +87,12 @@ def check(directory: Path) -> dict:
         parity[dtype] = worst
     timing = {}
     axes = contract.axes
+    ort = runtime.load(directory, backend="onnxruntime", graph="plain")
     for label, sizes in (("opt", {a: r.opt for a, r in axes.items()}), ("max", {a: r.max for a, r in axes.items()})):
-        feeds = {n: x for n, x in case_inputs(contract, type(cases[0][0])(label, sizes, "random"), rng).items()}
+        feeds = case_inputs(contract, Case(label, sizes, "random"), rng)
         row = {"sizes": sizes}
-        ort = runtime.load(directory, backend="onnxruntime", graph="plain")
         row["onnxruntime_cpu_ms"] = cpu_ms(lambda: ort.infer(feeds))
-        for dtype in ("float32", "float16", "bfloat16"):
-            gpu = runtime.load(directory, backend="torch", device="cuda", dtype=dtype)
+        for dtype, gpu in gpus.items():
             tensors = {n: (torch.from_numpy(x).cuda() if x.dtype == np.bool_ else torch.from_numpy(x).cuda().to(getattr(torch, dtype)))
                        for n, x in feeds.items()}
             model = gpu.model

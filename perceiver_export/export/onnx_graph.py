@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from ..artifact.graph_io import ONNX_DTYPES, graph_dims, graph_io_mismatch  # noqa: F401 (graph_dims: re-exported)
 from ..contract import AXES, IOContract, TensorSpec, dim_terms
 from ..errors import ConfigError, DynamicAxisError
 from ..model.module_ref import CALL_CONTRACT
@@ -17,7 +18,6 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(17, 24)  # LayerNormalization needs 17; 23 is the newest torch 2.13 writes
 TWO_GB = 2**31  # protobuf's limit on one serialized message
 OUTPUT = "out"
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
 
 # Example sizes used to trace: small, distinct and > 1 so no axis is mistaken for another or specialised.
 _EXAMPLE_SIZES = {"batch": 2, "q_len": 3, "k_len": 5, "v_len": 7}
@@ -206,9 +206,9 @@ def output_spec(proto: onnx.ModelProto, contract: IOContract, doc: str = "") -> 
     """The graph's output as the contract states it: dtype, and each axis a fixed size or a sum of input axes."""
     out = proto.graph.output[0]
     elem = out.type.tensor_type.elem_type
-    if elem not in ONNX_DTYPES:
+    if elem not in ONNX_DTYPES or ONNX_DTYPES[elem] == "bool":
         raise ConfigError(f"the module's output has ONNX element type {onnx.TensorProto.DataType.Name(elem)}; "
-                          f"the contract takes {', '.join(ONNX_DTYPES.values())}")
+                          f"the contract's outputs are float32, float16 or bfloat16")
     dims: list[int | str] = []
     for i, d in enumerate(out.type.tensor_type.shape.dim):
         if d.dim_param:
@@ -251,31 +251,11 @@ def _name_symbolic_dims(proto: onnx.ModelProto, contract: IOContract) -> None:
                 dim.dim_param = renames[dim.dim_param]
 
 
-def graph_dims(proto: onnx.ModelProto) -> dict[str, list[int | str]]:
-    """Each graph input/output's dims: an int for a fixed size, the dim_param string for a symbolic one."""
-    out = {}
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        out[vi.name] = [d.dim_param if d.dim_param else d.dim_value for d in vi.type.tensor_type.shape.dim]
-    return out
-
-
 def check_symbolic_axes(proto: onnx.ModelProto, contract: IOContract) -> None:
     """The graph keeps every dynamic axis symbolic, under the contract's name; raise ConfigError if not."""
-    dims = graph_dims(proto)
-    for spec in contract.inputs + contract.outputs:
-        if spec.name not in dims:
-            raise ConfigError(f"exported graph has no {spec.name!r}; it has {sorted(dims)}")
-        got = dims[spec.name]
-        if len(got) != len(spec.dims):
-            raise ConfigError(f"exported {spec.name!r} has rank {len(got)}, the contract says {len(spec.dims)}")
-        for i, (want, have) in enumerate(zip(spec.dims, got)):
-            fixed = isinstance(want, int) or contract.dim_bound(want, "min") == contract.dim_bound(want, "max")
-            expected = contract.dim_bound(want, "min") if fixed else want
-            if have != expected:
-                raise ConfigError(
-                    f"exported {spec.name!r} axis {i}: expected {expected!r}, the graph has {have!r}"
-                    + ("" if fixed else " (torch.export specialised a dynamic axis)")
-                )
+    problem = graph_io_mismatch(proto, contract)
+    if problem:
+        raise ConfigError(f"the exported graph does not match the I/O contract: {problem}")
 
 
 def save_onnx(proto: onnx.ModelProto, path: Path, external_data: str = "auto") -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..artifact.atomic import fsync_dir, publish_dir, remove_stale_staging, staging_dir_for
+from ..artifact.graph_io import graph_io_mismatch
 from ..artifact.manifest import Manifest, read_manifest
 from ..contract import IOContract, TensorSpec, dim_terms
 from ..errors import ArtifactError, ConfigError
@@ -24,7 +25,6 @@ BATCH = "batch"
 GRAPHS = ("plain", "optimized", "int8")
 KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}  # auto: Triton picks the GPU when there is one
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "bool": "TYPE_BOOL"}
-ONNX_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16, "bool": 9}  # onnx.TensorProto.DataType
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -164,32 +164,12 @@ def graph_files(manifest: Manifest, graph: str) -> list[str]:
 
 
 def check_graph_matches_contract(path: Path, contract: IOContract) -> None:
-    """Every contract input is a graph input (and nothing else is), every output a graph output: same element
-    type, rank and fixed sizes. Triton would otherwise refuse the model at load time, or a client would."""
+    """Triton would otherwise refuse the model at load time, or a client would (artifact/graph_io.py)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    graph_inputs = {v.name: v for v in graph.input if v.name not in initializers}
-    extra = sorted(set(graph_inputs) - set(contract.input_names))
-    if extra:
-        raise ArtifactError(f"{path}: graph inputs {extra} are not in the manifest's contract")
-    for kind, specs, values in (("input", contract.inputs, graph_inputs), ("output", contract.outputs, {v.name: v for v in graph.output})):
-        for spec in specs:
-            value = values.get(spec.name)
-            if value is None:
-                raise ArtifactError(f"{path}: the contract's {kind} {spec.name!r} is not a {kind} of the graph (it has {', '.join(values)})")
-            tensor = value.type.tensor_type
-            if tensor.elem_type != ONNX_TYPES.get(spec.dtype):
-                raise ArtifactError(f"{path}: {kind} {spec.name!r} is {onnx.TensorProto.DataType.Name(tensor.elem_type)} "
-                                    f"in the graph but {spec.dtype} in the contract")
-            dims = tensor.shape.dim
-            if len(dims) != len(spec.dims):
-                raise ArtifactError(f"{path}: {kind} {spec.name!r} has rank {len(dims)} in the graph but "
-                                    f"{len(spec.dims)} {contract.describe(spec)} in the contract")
-            for i, (g, c) in enumerate(zip(dims, spec.dims)):
-                if isinstance(c, int) and g.HasField("dim_value") and g.dim_value != c:
-                    raise ArtifactError(f"{path}: {kind} {spec.name!r} axis {i} is {g.dim_value} in the graph but {c} in the contract")
+    problem = graph_io_mismatch(onnx.load(str(path), load_external_data=False), contract)
+    if problem:
+        raise ArtifactError(f"{path}: {problem}")
 
 
 def onnx_model(manifest: Manifest, name: str, options: TritonOptions, batching: Batching) -> TritonModel:

@@ -149,7 +149,8 @@ def verify_artifact(
             except InputError:
                 raise  # the grid lies inside the contract: this would be our bug, not the backend's
             except Exception as e:  # a backend that crashes on a valid input fails parity; it does not abort it
-                comparison = Comparison.failed_run(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:500] if str(e).strip() else ''}")
+                first_line = next(iter(str(e).strip().splitlines()), "")
+                comparison = Comparison.failed_run(f"{type(e).__name__}: {first_line[:500]}")
             else:
                 comparison = compare(out.astype(np.float32), ref, tol.atol, tol.rtol, tol.scale_atol)
             seconds = time.perf_counter() - start
