@@ -40,3 +40,19 @@ class DynamicAxisError(ConfigError):
     constant, narrows its range, or ties it to another axis (`.problems` lists each, by input and axis)."""
 
     problems: list = []
+
+
+class ServingError(PerceiverExportError):
+    """A request that was valid but could not be answered by the server or the batcher."""
+
+
+class OverloadedError(ServingError):
+    """The request queue is full or the server is shutting down (HTTP 503 / gRPC UNAVAILABLE)."""
+
+
+class DeadlineExceededError(ServingError):
+    """The request was not answered within its timeout (HTTP 504 / gRPC DEADLINE_EXCEEDED)."""
+
+
+class BatchFailedError(ServingError):
+    """The backend failed on the batch that carried this request (HTTP 500 / gRPC INTERNAL)."""

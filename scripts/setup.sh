@@ -22,7 +22,7 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet "$TORCH_SPEC"
 fi
-"$PY" -m pip install --quiet -e ".[$ORT_EXTRA,test${EXTRAS:+,$EXTRAS}]"
+"$PY" -m pip install --quiet -e ".[$ORT_EXTRA,serve,test${EXTRAS:+,$EXTRAS}]"
 "$PY" - <<'PY'
 import torch, onnx, onnxruntime, onnxscript
 from perceiver_export.engines.flavor import installed_flavors

@@ -1,7 +1,9 @@
-"""Small user modules for tests/test_user_modules.py: each breaks the call contract in one known way
-(importable as `user_layers` because pytest puts tests/ on sys.path; subprocesses get PYTHONPATH)."""
+"""Small user modules for tests/test_user_modules.py (each breaks the call contract in one known way) and for
+tests/test_serve.py (a slow, sometimes failing backend); importable as `tests.user_layers` from the repository root."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch import nn
@@ -78,3 +80,20 @@ class Unsized(nn.Module):
 
     def forward(self, q, k, v, mask=None):
         return self.proj(q)
+
+
+class Sleepy(nn.Module):
+    """A slow backend for the server's overload, timeout and shutdown tests: each eager call sleeps `ms`, and a
+    batch whose q starts with 999 fails, as a backend error would (both only outside export's tracing)."""
+
+    def __init__(self, dim: int = 32, ms: int = 100):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.ms = ms
+
+    def forward(self, q, k, v, mask=None):
+        if not torch.compiler.is_exporting():
+            if bool((q[:, 0, 0] == 999).any()):
+                raise RuntimeError("simulated backend failure on this batch")
+            time.sleep(self.ms / 1e3)
+        return self.proj(q) + k.mean(1, keepdim=True) - v.mean(1, keepdim=True)

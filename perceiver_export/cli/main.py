@@ -106,6 +106,56 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--engine", action="append", default=[], metavar="FILE",
                          help="engine of the manifest to serve (repeatable; default: every datacenter TensorRT engine)")
     engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
+    serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol (KServe v2: HTTP/REST and gRPC) with dynamic batching")
+    serve.add_argument("dir", type=Path, help="artifact directory")
+    serve.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="runner (default onnxruntime)")
+    serve.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime: which ONNX graph (default: the runner's)")
+    serve.add_argument("--device", help="torch: cpu, cuda, cuda:N; tensorrt: GPU index")
+    serve.add_argument("--engine", help="tensorrt: engine file in DIR (default: the one that runs here)")
+    serve.add_argument("--threads", type=int, help="backend threads (onnxruntime intra-op, torch; default: all cores)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--http-port", type=int, default=8080, help="HTTP/REST port, 0 = any free port (default 8080)")
+    serve.add_argument("--grpc-port", type=int, default=8081, help="gRPC port, 0 = any free port (default 8081)")
+    serve.add_argument("--name", help="model name (default: the artifact's name)")
+    serve.add_argument("--max-batch-size", type=int, help="rows per backend call; 1 turns batching off (default: the batch axis max)")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=0.0,
+                       help="how long a batch's first request waits for others (default 0: batches form while the backend is busy, as Triton's default)")
+    serve.add_argument("--max-queue", type=int, default=256, help="queued requests; past it: 503 / UNAVAILABLE at once (default 256)")
+    serve.add_argument("--timeout-ms", type=float, help="per-request timeout; past it: 504 / DEADLINE_EXCEEDED (default none)")
+    serve.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, at most this long to answer queued and in-flight requests (default 30)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="server log level (default warning)")
+    load = sub.add_parser("loadtest", help="closed-loop tritonclient clients against a real `serve` process: latency, req/s, batching on vs off")
+    load.add_argument("dir", type=Path, help="artifact directory")
+    load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200)")
+    load.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
+    load.add_argument("--protocols", default="grpc,http", help="grpc, http or both (default grpc,http)")
+    load.add_argument("--q-len", type=int, help="q_len of every request (default: the artifact's opt)")
+    load.add_argument("--k-len", metavar="MIN:MAX", help="k lengths, drawn uniformly (default 1:2*opt)")
+    load.add_argument("--v-len", metavar="MIN:MAX", help="v lengths, drawn uniformly (default 1:2*opt)")
+    load.add_argument("--max-batch-size", type=int, help="the server's max batch size with batching on (default: the batch axis max)")
+    load.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="the server's queue delay with batching on (default 0)")
+    load.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="runner (default onnxruntime)")
+    load.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime graph (default: the runner's)")
+    load.add_argument("--threads", type=int, help="backend threads, for the server and the direct baseline")
+    load.add_argument("--timeout-s", type=float, default=600.0, help="the whole run stops after this long (default 600)")
+    load.add_argument("--out", type=Path, help="folder for loadtest.json and loadtest.png (default DIR/loadtest)")
+    ks = sub.add_parser("kserve", help="write a KServe InferenceService manifest whose predictor runs `serve` on the artifact")
+    ks.add_argument("dir", type=Path, help="artifact directory")
+    ks.add_argument("--image", required=True, help="container image with perceiver-export[serve] installed")
+    ks.add_argument("--name", help="InferenceService and model name (default: the artifact's name)")
+    ks.add_argument("--namespace", help="Kubernetes namespace (default: kubectl's)")
+    ks.add_argument("--model-dir", default="/mnt/models", help="the artifact's path in the container (default /mnt/models)")
+    ks.add_argument("--storage-uri", help="where KServe's storage initializer copies the artifact from (s3://, gs://, pvc://...)")
+    ks.add_argument("--protocol", default="http", choices=["http", "grpc"], help="the port KServe exposes (default http)")
+    ks.add_argument("--min-replicas", type=int, default=1, help="default 1 (0 scales to zero)")
+    ks.add_argument("--max-replicas", type=int, default=1, help="default 1")
+    ks.add_argument("--cpu", default="2", help="CPU request and limit (default 2)")
+    ks.add_argument("--memory", default="4Gi", help="memory request and limit (default 4Gi)")
+    ks.add_argument("--gpu", type=int, default=0, help="NVIDIA GPUs (nvidia.com/gpu limit; default 0)")
+    ks.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="serve's runner (default onnxruntime)")
+    ks.add_argument("--serve-args", default="", help="further serve options, e.g. '--max-batch-size 8 --timeout-ms 500'")
+    ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
+    ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")
     return parser
 
 
@@ -287,6 +337,64 @@ def cmd_triton(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args, console: Console) -> int:
+    from ..serving.server import ServeOptions, run
+
+    options = ServeOptions(
+        backend=args.backend, graph=args.graph, device=args.device, engine=args.engine, threads=args.threads,
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, name=args.name,
+        max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
+        timeout_ms=args.timeout_ms, grace_s=args.grace_s, log_level=args.log_level,
+    )
+
+    def on_listening(info: dict) -> None:
+        batching = "off" if info["max_batch_size"] == 1 else f"up to {info['max_batch_size']} rows"
+        console.print(f"serving {info['model']} ({info['backend']}, batching {batching}) on "
+                      f"http://{info['host']}:{info['http_port']} and grpc {info['host']}:{info['grpc_port']}")
+        console.file.flush()
+
+    code = run(args.dir, options, on_listening)
+    console.print("stopped: every accepted request was answered")
+    return code
+
+
+def cmd_loadtest(args, console: Console) -> int:
+    from ..serving.loadtest import LoadSettings, print_loadtest, run_loadtest, write_loadtest
+
+    try:
+        concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--concurrency: expected comma-separated integers, got {args.concurrency!r}") from None
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not concurrency or min(concurrency) < 1 or args.requests < 1 or not protocols or set(protocols) - {"grpc", "http"}:
+        raise ConfigError("--concurrency and --requests must be positive; --protocols is grpc, http or both")
+    settings = LoadSettings(requests=args.requests, concurrency=concurrency, protocols=protocols, q_len=args.q_len,
+                            k_len=args.k_len, v_len=args.v_len, max_batch_size=args.max_batch_size,
+                            max_queue_delay_ms=args.max_queue_delay_ms, threads=args.threads, backend=args.backend,
+                            graph=args.graph, timeout_s=args.timeout_s)
+    with console.status("load test") as status:
+        data = run_loadtest(args.dir, settings, progress=lambda msg: status.update(msg))
+    print_loadtest(data, console)
+    json_path, png_path = write_loadtest(data, args.out or args.dir / "loadtest")
+    console.print(f"wrote {json_path} and {png_path}")
+    return EXIT_OK
+
+
+def cmd_kserve(args, console: Console) -> int:
+    import shlex
+
+    from ..serving.kserve_manifest import KServeOptions, write_inference_service
+
+    options = KServeOptions(image=args.image, name=args.name, namespace=args.namespace, model_dir=args.model_dir,
+                            storage_uri=args.storage_uri, protocol=args.protocol, min_replicas=args.min_replicas,
+                            max_replicas=args.max_replicas, cpu=args.cpu, memory=args.memory, gpu=args.gpu,
+                            backend=args.backend, serve_args=tuple(shlex.split(args.serve_args)), grace_s=args.grace_s)
+    out = write_inference_service(args.dir, options, args.out or args.dir / "inferenceservice.yaml")
+    console.print(f"wrote {out} (validated with KServe's V1beta1InferenceService); deploy it with\n  kubectl apply -f {out}",
+                  soft_wrap=True)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # As `python -m` does: `--model mypackage.layer:Class` and artifacts of it resolve from the current directory.
@@ -298,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = Console(stderr=True, highlight=False, width=width)
     try:
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
-                    "triton": cmd_triton}
+                    "triton": cmd_triton, "serve": cmd_serve,
+                    "loadtest": cmd_loadtest, "kserve": cmd_kserve}
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")

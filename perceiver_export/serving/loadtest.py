@@ -1,0 +1,284 @@
+"""`python -m perceiver_export loadtest DIR`: closed-loop tritonclient clients against a real `serve` process.
+
+One run measures, on the same requests: the direct runner call (the baseline), the server with batching off
+(`--max-batch-size 1`) and on, over gRPC and HTTP (binary data), at each concurrency; p50/p90/p99 latency,
+requests/s and the mean batch size read from the server's own /metrics. Clients and server share this machine,
+so figures are ratios within one run; the targets are checked and reported, never asserted by tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import re
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..artifact.manifest import read_manifest
+from ..contract import AxisRange
+from ..errors import ConfigError
+from .process import ServerProcess
+from .protocol import WIRE_TYPES
+from .server import ServeOptions, load_runner
+
+
+@dataclass
+class LoadSettings:
+    requests: int = 200  # per protocol, concurrency and mode
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    protocols: list[str] = field(default_factory=lambda: ["grpc", "http"])
+    q_len: int | None = None  # default: the contract's opt
+    k_len: str | None = None  # "MIN:MAX" drawn uniformly; default 1:2*opt within the range
+    v_len: str | None = None
+    max_batch_size: int | None = None  # batching on: default the contract's batch max
+    max_queue_delay_ms: float = 0.0
+    threads: int | None = None
+    backend: str = "onnxruntime"
+    graph: str | None = None
+    seed: int = 0
+    timeout_s: float = 600.0  # the whole run stops by itself
+
+
+def request_plan(contract, settings: LoadSettings) -> tuple[list[dict], dict]:
+    """The requests every configuration sends (batch 1, q_len fixed, k and v lengths uniform in their ranges)."""
+    axes = contract.axes
+    q_len = settings.q_len or axes["q_len"].opt
+    ranges = {}
+    for axis, text in (("k_len", settings.k_len), ("v_len", settings.v_len)):
+        rng = AxisRange.parse(text, f"--{axis.replace('_', '-')}") if text else AxisRange(1, 1, min(axes[axis].max, 2 * axes[axis].opt))
+        if not axes[axis].min <= rng.min <= rng.max <= axes[axis].max:
+            raise ConfigError(f"--{axis.replace('_', '-')} {rng.min}:{rng.max} is outside the artifact's {axis} range "
+                              f"[{axes[axis].min}, {axes[axis].max}]")
+        ranges[axis] = (rng.min, rng.max)
+    if not axes["q_len"].min <= q_len <= axes["q_len"].max:
+        raise ConfigError(f"--q-len {q_len} is outside the artifact's q_len range [{axes['q_len'].min}, {axes['q_len'].max}]")
+    gen = np.random.default_rng(settings.seed)
+    dtype = np.dtype({"float32": np.float32, "float16": np.float16}[contract.dtype]) if contract.dtype != "bfloat16" else None
+    if dtype is None:
+        raise ConfigError("loadtest sends float32 or float16 tensors; this artifact is bfloat16")
+    plan = []
+    for _ in range(settings.requests):
+        sizes = {"batch": 1, "q_len": q_len, **{a: int(gen.integers(lo, hi + 1)) for a, (lo, hi) in ranges.items()}}
+        feeds = {}
+        for spec in contract.inputs:
+            if spec.optional:
+                continue
+            shape = contract.concrete_shape(spec.name, sizes)
+            feeds[spec.name] = gen.standard_normal(shape).astype(dtype)
+        plan.append(feeds)
+    return plan, {"q_len": q_len, **{a: list(r) for a, r in ranges.items()}}
+
+
+def _summary(latencies_ms: list[float], seconds: float) -> dict:
+    lat = np.asarray(latencies_ms)
+    return {"requests": len(lat), "seconds": round(seconds, 3), "rps": round(len(lat) / seconds, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p90_ms": round(float(np.percentile(lat, 90)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3), "mean_ms": round(float(lat.mean()), 3)}
+
+
+def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, full_batch: int) -> dict:
+    """The runner called in this process on the same requests, and one full padded batch at the longest lengths."""
+    runner = load_runner(directory, ServeOptions(backend=settings.backend, graph=settings.graph, threads=settings.threads))
+    for feeds in plan[:3]:
+        runner.infer(feeds)
+    latencies = []
+    start = time.perf_counter()
+    for feeds in plan:
+        t0 = time.perf_counter()
+        runner.infer(feeds)
+        latencies.append((time.perf_counter() - t0) * 1e3)
+    direct = _summary(latencies, time.perf_counter() - start)
+    longest = {name: np.concatenate([max(plan, key=lambda f: f[name].shape[1])[name]] * full_batch)
+               for name in plan[0]}
+    runner.infer(longest)
+    batch_ms = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        runner.infer(longest)
+        batch_ms.append((time.perf_counter() - t0) * 1e3)
+    return {"direct": direct, "full_batch": {"rows": full_batch, "shapes": {n: list(a.shape) for n, a in longest.items()},
+                                            "p50_ms": round(float(np.percentile(batch_ms, 50)), 3),
+                                            "p99_ms": round(float(np.percentile(batch_ms, 99)), 3)},
+            "backend": runner.backend}
+
+
+def _batch_totals(http: str) -> tuple[float, float]:
+    """(rows, backend calls) so far, from the server's perceiver_batch_size histogram."""
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    total = float(re.search(r"^perceiver_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))
+    count = float(re.search(r"^perceiver_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))
+    return total, count
+
+
+async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurrency: int, plan: list[dict]) -> dict:
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+        import tritonclient.grpc.aio as aio
+
+        url = server.grpc
+    else:
+        import tritonclient.http as module
+        import tritonclient.http.aio as aio
+
+        url = server.http
+    inputs = []
+    for feeds in plan:
+        tensors = []
+        for name, array in feeds.items():
+            t = module.InferInput(name, list(array.shape), WIRE_TYPES[array.dtype.name])
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        inputs.append(tensors)
+    latencies: list[float] = []
+    errors: list[str] = []
+    next_index = iter(range(len(plan)))
+    async with aio.InferenceServerClient(url) as client:
+        await client.infer(model, inputs[0])  # connection set-up outside the timing
+
+        async def worker():
+            for i in next_index:
+                t0 = time.perf_counter()
+                try:
+                    await client.infer(model, inputs[i])
+                except Exception as e:  # noqa: BLE001 — reported, not hidden
+                    errors.append(f"{type(e).__name__}: {e}")
+                latencies.append((time.perf_counter() - t0) * 1e3)
+
+        before = _batch_totals(server.http)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+        after = _batch_totals(server.http)
+    result = _summary(latencies, seconds)
+    calls = after[1] - before[1]
+    result.update(concurrency=concurrency, errors=len(errors), first_error=errors[0] if errors else None,
+                  mean_batch=round((after[0] - before[0]) / calls, 2) if calls else None)
+    return result
+
+
+def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callable[[str], None] = lambda m: None) -> dict:
+    from ..bench.run import cpu_name, cpu_simd_flags
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    contract = manifest.contract
+    plan, shapes = request_plan(contract, settings)
+    max_batch = min(settings.max_batch_size or contract.axes["batch"].max, contract.axes["batch"].max)
+    progress("direct runner calls")
+    direct = measure_direct(directory, plan, settings, max_batch)
+    model = manifest.data["name"]
+    common = ["--backend", settings.backend, "--max-queue", str(max(256, 4 * max(settings.concurrency))),
+              "--max-queue-delay-ms", str(settings.max_queue_delay_ms)]
+    common += ["--graph", settings.graph] if settings.graph else []
+    common += ["--threads", str(settings.threads)] if settings.threads else []
+    deadline = time.monotonic() + settings.timeout_s
+    runs = []
+    for mode, batch_option in (("batching off", "1"), ("batching on", str(max_batch))):
+        with ServerProcess(directory, *common, "--max-batch-size", batch_option) as server:
+            for protocol in settings.protocols:
+                for concurrency in settings.concurrency:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
+                    progress(f"{mode}, {protocol}, concurrency {concurrency}")
+                    result = asyncio.run(asyncio.wait_for(
+                        _closed_loop(server, model, protocol, concurrency, plan), deadline - time.monotonic()))
+                    runs.append({"mode": mode, "protocol": protocol, **result})
+    data = {
+        "schema": "perceiver-export/loadtest", "version": 1, "perceiver_export": __version__,
+        "artifact": {"name": model, "dtype": contract.dtype, "directory": str(directory)},
+        "machine": {"cpu": cpu_name(), "simd": cpu_simd_flags(), "python": platform.python_version()},
+        "settings": {**asdict(settings), "max_batch_size": max_batch, "shapes": shapes},
+        "backend": direct["backend"], "direct": direct["direct"], "full_batch": direct["full_batch"], "runs": runs,
+    }
+    data["targets"] = evaluate_targets(data)
+    return data
+
+
+def _run(data: dict, mode: str, protocol: str, concurrency: int) -> dict | None:
+    return next((r for r in data["runs"] if (r["mode"], r["protocol"], r["concurrency"]) == (mode, protocol, concurrency)), None)
+
+
+def evaluate_targets(data: dict) -> list[dict]:
+    """The issue's targets as ratios from this run: serving overhead, batching throughput, p99 at 16."""
+    targets = []
+    direct = data["direct"]["p50_ms"]
+    for protocol, limit in (("grpc", 1.10), ("http", 1.25)):
+        run = _run(data, "batching off", protocol, 1)
+        if run:
+            ratio = run["p50_ms"] / direct
+            targets.append({"target": f"{protocol} p50 at concurrency 1 <= {limit} x direct", "value": round(ratio, 3),
+                            "met": ratio <= limit})
+    for protocol in data["settings"]["protocols"]:
+        worst = None
+        for c in data["settings"]["concurrency"]:
+            on, off = _run(data, "batching on", protocol, c), _run(data, "batching off", protocol, c)
+            if on and off:
+                ratio = on["rps"] / off["rps"]
+                worst = ratio if worst is None else min(worst, ratio)
+        if worst is not None:
+            targets.append({"target": f"{protocol}: throughput with batching >= without, every concurrency (worst ratio)",
+                            "value": round(worst, 3), "met": worst >= 1.0})
+        on16 = _run(data, "batching on", protocol, 16)
+        if on16:
+            bound = data["settings"]["max_queue_delay_ms"] + 2 * data["full_batch"]["p99_ms"]
+            targets.append({"target": f"{protocol}: p99 at concurrency 16 with batching <= max queue delay + 2 x full-batch p99 "
+                                      f"({bound:.1f} ms)", "value": on16["p99_ms"], "met": on16["p99_ms"] <= bound})
+    return targets
+
+
+def print_loadtest(data: dict, console) -> None:
+    from rich.table import Table
+
+    d = data["direct"]
+    console.print(f"{data['artifact']['name']} on {data['backend']}, {data['machine']['cpu']} "
+                  f"({', '.join(data['machine']['simd'])}); direct runner p50 {d['p50_ms']:.2f} ms, "
+                  f"full batch of {data['full_batch']['rows']} p99 {data['full_batch']['p99_ms']:.2f} ms")
+    table = Table("mode", "protocol", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors")
+    for r in data["runs"]:
+        table.add_row(r["mode"], r["protocol"], str(r["concurrency"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["mean_batch"]), str(r["errors"]))
+    console.print(table)
+    for t in data["targets"]:
+        console.print(f"  {'met' if t['met'] else '[bold red]missed[/]'}: {t['target']}: {t['value']}")
+
+
+def write_loadtest(data: dict, out: Path) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..artifact.atomic import atomic_path, atomic_write_text
+
+    json_path, png_path = out / "loadtest.json", out / "loadtest.png"
+    atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, style in (("batching off", "--"), ("batching on", "-")):
+        for protocol, marker in (("grpc", "o"), ("http", "s")):
+            runs = [r for r in data["runs"] if r["mode"] == mode and r["protocol"] == protocol]
+            if not runs:
+                continue
+            c = [r["concurrency"] for r in runs]
+            label = f"{protocol}, {mode}"
+            ax_rps.plot(c, [r["rps"] for r in runs], style, marker=marker, label=label)
+            ax_p99.plot(c, [r["p99_ms"] for r in runs], style, marker=marker, label=label)
+    for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_rps.axhline(1e3 / data["direct"]["p50_ms"], color="grey", lw=0.8, label="direct runner, 1 client")
+    ax_rps.legend(fontsize=8)
+    fig.suptitle(f"{data['artifact']['name']} served ({data['backend']}), {data['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return json_path, png_path
