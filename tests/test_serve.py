@@ -375,3 +375,20 @@ def test_64_concurrent_clients_x_200_requests_all_equal_the_runner(served, runne
     mismatched = [(i, j) for (i, j), out in answers.items() if not close(out, runner.infer(plans[i][j]))]
     assert mismatched == []
     print(f"64 clients x 200 requests: 12,800 answers in {seconds:.1f} s, 0 errors, 0 mismatches")
+
+
+def test_the_reference_artifact_is_served_with_the_runners_answer(tmp_path_factory):
+    """perceiver-base (PerceiverLayer(512, 8, 6, 64)), as `python -m perceiver_export onnx` writes it, served."""
+    from perceiver_export.config import load_spec
+    from perceiver_export.export.artifact_builder import export_artifact
+
+    directory = export_artifact(load_spec("perceiver-base"), tmp_path_factory.mktemp("base") / "perceiver-base",
+                                verify=False, optimize=False).directory
+    reference = runtime.load(directory)
+    rng = np.random.default_rng(9)
+    feeds = {"q": rng.standard_normal((2, 32, 512), dtype=np.float32), "k": rng.standard_normal((2, 40, 512), dtype=np.float32),
+             "v": rng.standard_normal((2, 24, 512), dtype=np.float32), "mask": rng.random((2, 64)) < 0.8}
+    with Served(directory) as s:
+        for protocol in CLIENTS:
+            out = client(protocol, s).infer("perceiver-base", triton_inputs(CLIENTS[protocol], feeds)).as_numpy("out")
+            assert out.shape == (2, 32, 512) and close(out, reference.infer(feeds))

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import sys
 
+from .batcher import BatchStats, DynamicBatcher
+
+__all__ = ["BatchStats", "DynamicBatcher", "import_kserve"]
+
 
 def import_kserve():
     """kserve, imported without letting it parse sys.argv (its module-level server flags would read ours)."""

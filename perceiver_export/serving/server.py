@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -104,6 +105,13 @@ class Metrics:
         if cls._instance is None:
             cls._instance = Metrics()
         return cls._instance
+
+
+def _client_errors_without_traceback(record: logging.LogRecord) -> bool:
+    """KServe logs a client's bad input with a server traceback; the message alone says what was wrong."""
+    if record.exc_info and type(record.exc_info[1]).__name__ == "InvalidInput":
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def make_model_class(kserve):
@@ -244,6 +252,8 @@ async def serve(directory: str | Path, options: ServeOptions,
 
     for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(options.log_level.upper())
+    logging.getLogger("kserve").addFilter(_client_errors_without_traceback)
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's app, not ours
 
     runner = load_runner(directory, options)
     metrics = Metrics.get()
