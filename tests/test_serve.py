@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from perceiver_export import runtime
 from perceiver_export.verify.compare import TOLERANCES
 
-from .served import Served, triton_inputs
+from .served import REPO, Served, triton_inputs
 
 MODEL = "perceiver-tiny"
 FP32 = TOLERANCES["float32"]
@@ -388,7 +389,13 @@ def test_the_reference_artifact_is_served_with_the_runners_answer(tmp_path_facto
     rng = np.random.default_rng(9)
     feeds = {"q": rng.standard_normal((2, 32, 512), dtype=np.float32), "k": rng.standard_normal((2, 40, 512), dtype=np.float32),
              "v": rng.standard_normal((2, 24, 512), dtype=np.float32), "mask": rng.random((2, 64)) < 0.8}
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r"<!-- client-example -->\n```python\n(.*?)```", readme, re.S).group(1)
     with Served(directory) as s:
         for protocol in CLIENTS:
             out = client(protocol, s).infer("perceiver-base", triton_inputs(CLIENTS[protocol], feeds)).as_numpy("out")
             assert out.shape == (2, 32, 512) and close(out, reference.infer(feeds))
+        scope = {}
+        exec(compile(example.replace('"127.0.0.1:8080"', repr(s.http)), "README-client-example", "exec"), scope)
+        assert scope["out"].shape == (2, 32, 512)
+        assert close(scope["out"], reference.infer({n: scope[n] for n in ("q", "k", "v", "mask")}))
