@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ..errors import BatchFailedError, ConfigError, DeadlineExceededError, InputError, OverloadedError, ServingError
 from ..runtime import load
@@ -204,7 +205,12 @@ def add_rest_infer_route(app, model) -> None:
         if not model.ready:
             return JSONResponse({"error": f"Model with name {model_name} is not ready."}, status_code=503)
         try:
-            decoded = decode_rest(model.contract, await request.body(), request.headers.get(HEADER_LENGTH))
+            body = await request.body()
+        except ClientDisconnect:  # the client went away before its request ended: nothing to answer
+            model.metrics.requests.labels(model.name, "http", "client_disconnected").inc()
+            return Response(status_code=499)
+        try:
+            decoded = decode_rest(model.contract, body, request.headers.get(HEADER_LENGTH))
             results = await model.infer_feeds(decoded.feeds, "http")
         except InputError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
