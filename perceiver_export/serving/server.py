@@ -235,7 +235,11 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen for HTTP on {host}:{port}: {e.strerror} (choose another --http-port)") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -308,9 +312,13 @@ async def serve(directory: str | Path, options: ServeOptions,
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, extension),
                                                                         grpc_server)
     host = f"[{options.host}]" if ":" in options.host else options.host
-    grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")
-    if grpc_port == 0:  # older grpcio reports a failed bind this way instead of raising
-        raise ConfigError(f"cannot listen for gRPC on {options.host}:{options.grpc_port}")
+    try:
+        grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")
+    except RuntimeError:
+        grpc_port = 0
+    if grpc_port == 0:  # older grpcio reports a failed bind by returning 0, newer by raising
+        http_socket.close()
+        raise ConfigError(f"cannot listen for gRPC on {options.host}:{options.grpc_port} (choose another --grpc-port)")
 
     await batcher.start()
     await grpc_server.start()
