@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Dependencies of the C++ runtime (cpp/):
-#  - nlohmann-json, OpenSSL's libcrypto headers (sha256) and cmake from the machine's own Debian suites;
+#  - nlohmann-json, OpenSSL's libcrypto headers (sha256), cmake, and clang with libFuzzer (the fuzz targets in
+#    cpp/fuzz) from the machine's own Debian suites;
 #  - ONNX Runtime's C/C++ headers from Debian's libonnxruntime-dev. Debian 13 (trixie) has it; on
 #    Debian 12 it is fetched from trixie with a private apt configuration (the system's sources,
 #    lists and caches are not touched) and only the headers are unpacked into .deps/onnxruntime.
@@ -9,9 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-if ! dpkg -s nlohmann-json3-dev libssl-dev cmake g++ >/dev/null 2>&1; then
+if ! dpkg -s nlohmann-json3-dev libssl-dev cmake g++ clang >/dev/null 2>&1; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nlohmann-json3-dev libssl-dev cmake g++ >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nlohmann-json3-dev libssl-dev cmake g++ clang >/dev/null
+fi
+# libFuzzer and clang's sanitizer runtimes are in libclang-rt-N-dev from Debian 12 on (before, in clang's own packages).
+CLANG_RT="libclang-rt-$(clang++ -dumpversion | cut -d. -f1)-dev"
+if ! dpkg -s "$CLANG_RT" >/dev/null 2>&1 && apt-cache show "$CLANG_RT" >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$CLANG_RT" >/dev/null
 fi
 
 PREFIX=${PREFIX:-$ROOT/.deps/onnxruntime}

@@ -1,23 +1,28 @@
 // The I/O contract read from manifest.json, and the input check shared with the Python runners
 // (perceiver_export/contract.py): same order of checks, same messages.
-#include <sstream>
+#include <algorithm>
+#include <set>
 
 #include "perceiver/runtime.hpp"
+#include "printable.hpp"
 
 namespace perceiver {
 
 namespace {
 
+// Python's [t.strip() for t in dim.split("+")]: "k_len + v_len" -> {"k_len", "v_len"}.
 std::vector<std::string> terms_of(const std::string& dim) {
   std::vector<std::string> out;
-  std::stringstream ss(dim);
-  std::string part;
-  while (std::getline(ss, part, '+')) {
-    auto b = part.find_first_not_of(' ');
-    auto e = part.find_last_not_of(' ');
-    out.push_back(part.substr(b, e - b + 1));
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t plus = dim.find('+', start);
+    const std::string part = dim.substr(start, plus == std::string::npos ? std::string::npos : plus - start);
+    const auto b = part.find_first_not_of(" \t\n\r\f\v");
+    const auto e = part.find_last_not_of(" \t\n\r\f\v");
+    out.push_back(b == std::string::npos ? "" : part.substr(b, e - b + 1));
+    if (plus == std::string::npos) return out;
+    start = plus + 1;
   }
-  return out;
 }
 
 bool is_number(const std::string& s) {
@@ -135,10 +140,49 @@ std::vector<int64_t> Contract::concrete_shape(const TensorSpec& spec, const std:
       continue;
     }
     int64_t n = 0;
-    for (const auto& term : terms_of(d)) n += sizes.at(term);
+    for (const auto& term : terms_of(d)) {
+      auto it = sizes.find(term);
+      if (it == sizes.end()) throw ArtifactError(spec.name + ": axis '" + term + "' is not known from the inputs");
+      n += it->second;
+    }
     shape.push_back(n);
   }
   return shape;
+}
+
+void Contract::validate() const {
+  const std::string bound = std::to_string(kMaxAxisLength);
+  for (const auto& [name, r] : axes)
+    if (!(1 <= r.min && r.min <= r.opt && r.opt <= r.max && r.max <= kMaxAxisLength))
+      throw ArtifactError("axis '" + printable(name, 80) + "': range must satisfy 1 <= min <= opt <= max <= " + bound + ", got " +
+                          std::to_string(r.min) + ":" + std::to_string(r.opt) + ":" + std::to_string(r.max));
+  if (inputs.empty() || outputs.empty()) throw ArtifactError("a contract has at least one input and one output");
+  std::set<std::string> names, required_axes;  // axes a required input carries as a dim of their own
+  for (const auto& spec : inputs) {
+    if (!names.insert(spec.name).second) throw ArtifactError("input '" + printable(spec.name, 80) + "' is listed twice");
+    if (spec.optional && spec.dtype != DType::Bool)
+      throw ArtifactError("input '" + printable(spec.name, 80) + "': only a bool mask may be optional (omitted, it means all True)");
+    for (const auto& d : spec.dims)
+      if (!spec.optional && !is_number(d) && terms_of(d).size() == 1) required_axes.insert(terms_of(d)[0]);
+  }
+  for (const auto* list : {&inputs, &outputs})
+    for (const auto& spec : *list)
+      for (const auto& d : spec.dims) {
+        const std::string who = printable(spec.name, 80) + ": dim '" + printable(d, 80) + "' ";
+        if (is_number(d)) {
+          if (d.size() > 10 || std::stoll(d) < 1 || std::stoll(d) > kMaxAxisLength)
+            throw ArtifactError(who + "is not a size in [1, " + bound + "]");
+          if (spec.optional) throw ArtifactError(who + "is a fixed size; an optional input's dims are axes (omitted, it is all True over them)");
+          continue;
+        }
+        const auto terms = terms_of(d);
+        for (const auto& term : terms) {
+          if (std::none_of(axes.begin(), axes.end(), [&](const auto& a) { return a.first == term; }))
+            throw ArtifactError(who + "names unknown axis '" + printable(term, 80) + "'");
+          if (list == &inputs && terms.size() > 1 && !required_axes.count(term))
+            throw ArtifactError(who + "adds up axis '" + printable(term, 80) + "', which no required input has as a dim of its own");
+        }
+      }
 }
 
 }  // namespace perceiver

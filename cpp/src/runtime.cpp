@@ -5,27 +5,16 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 
+#include "manifest.hpp"
 #include "perceiver/runtime.hpp"
+#include "printable.hpp"
 
 namespace perceiver {
 
 namespace fs = std::filesystem;
-using json = nlohmann::ordered_json;  // keeps the manifest's axis order
 
 namespace {
-
-constexpr const char* kSchema = "perceiver-export/manifest";
-constexpr int kSchemaVersion = 1;
-
-DType parse_dtype(const std::string& s, const std::string& where) {
-  if (s == "float32") return DType::Float32;
-  if (s == "float16") return DType::Float16;
-  if (s == "bfloat16") return DType::BFloat16;
-  if (s == "bool") return DType::Bool;
-  throw ArtifactError(where + ": unknown dtype '" + s + "'");
-}
 
 ONNXTensorElementDataType onnx_type(DType d) {
   switch (d) {
@@ -35,15 +24,6 @@ ONNXTensorElementDataType onnx_type(DType d) {
     case DType::Bool: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
   }
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-}
-
-TensorSpec parse_tensor(const json& t, const std::string& where) {
-  TensorSpec spec;
-  spec.name = t.at("name").get<std::string>();
-  spec.dtype = parse_dtype(t.at("dtype").get<std::string>(), where);
-  for (const auto& d : t.at("dims")) spec.dims.push_back(d.is_string() ? d.get<std::string>() : std::to_string(d.get<int64_t>()));
-  spec.optional = t.value("optional", false);
-  return spec;
 }
 
 Ort::Env& shared_env() {
@@ -75,24 +55,35 @@ std::string sha256_hex(const fs::path& path) {
   return out;
 }
 
-// Same checks and messages as Manifest.check_files in Python, for the files this runtime reads.
-void check_file(const fs::path& dir, const json& files, const std::string& name, const std::string& manifest_path) {
-  const fs::path rel(name);
-  for (const auto& part : rel)
-    if (part == "..") throw ArtifactError(manifest_path + ": file entry '" + name + "' points outside the artifact");
-  if (rel.is_absolute()) throw ArtifactError(manifest_path + ": file entry '" + name + "' points outside the artifact");
-  if (!files.contains(name)) throw ArtifactError(manifest_path + ": '" + name + "' is not listed under 'files'");
-  const fs::path path = dir / rel;
-  if (!fs::is_regular_file(path)) throw ArtifactError(path.string() + ": listed in the manifest but missing");
-  const auto& entry = files.at(name);
+// Same checks and messages as Manifest.check_files in Python, for a file this runtime reads; parse_manifest
+// has checked that the name is listed and stays inside the artifact.
+void check_file(const fs::path& dir, const Manifest& manifest, const std::string& name) {
+  const fs::path path = dir / name;
+  const std::string shown = printable(path.string());
+  if (!fs::is_regular_file(path)) throw ArtifactError(shown + ": listed in the manifest but missing");
   const auto size = static_cast<int64_t>(fs::file_size(path));
-  if (size != entry.at("bytes").get<int64_t>())
-    throw ArtifactError(path.string() + ": damaged: " + std::to_string(size) + " bytes, the manifest records " +
-                        std::to_string(entry.at("bytes").get<int64_t>()));
-  const std::string digest = sha256_hex(path), recorded = entry.at("sha256").get<std::string>();
-  if (digest != recorded)
-    throw ArtifactError(path.string() + ": damaged: sha256 " + digest.substr(0, 16) + "\u2026 does not match the manifest's " +
-                        recorded.substr(0, 16) + "\u2026");
+  const FileRecord& recorded = manifest.files.at(name);
+  if (size != recorded.bytes)
+    throw ArtifactError(shown + ": damaged: " + std::to_string(size) + " bytes, the manifest records " + std::to_string(recorded.bytes));
+  const std::string digest = sha256_hex(path);
+  if (digest != recorded.sha256)
+    throw ArtifactError(shown + ": damaged: sha256 " + digest.substr(0, 16) + "\u2026 does not match the manifest's " +
+                        recorded.sha256.substr(0, 16) + "\u2026");
+}
+
+Manifest read_manifest(const fs::path& dir, const std::string& artifact_dir) {
+  const fs::path manifest_path = dir / "manifest.json";
+  const std::string where = printable(manifest_path.string());
+  if (!fs::is_directory(dir)) throw ArtifactError(printable(artifact_dir) + ": not an artifact directory (it does not exist)");
+  if (!fs::is_regular_file(manifest_path))
+    throw ArtifactError(where + ": missing; is " + printable(artifact_dir) + " an artifact written by `perceiver_export onnx`?");
+  const auto manifest_bytes = fs::file_size(manifest_path);
+  check_manifest_size(manifest_bytes, where);  // before reading it
+  std::string text(manifest_bytes, '\0');
+  std::ifstream in(manifest_path, std::ios::binary);
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!in) throw ArtifactError(where + ": cannot read it");
+  return parse_manifest(text, where);
 }
 
 void append_providers(Ort::SessionOptions& so, const std::vector<std::string>& providers) {
@@ -131,42 +122,13 @@ struct Runtime::Impl {
 
 Runtime::Runtime(const std::string& artifact_dir, const Options& options) : impl_(std::make_unique<Impl>()) {
   const fs::path dir(artifact_dir);
-  const fs::path manifest_path = dir / "manifest.json";
-  if (!fs::is_directory(dir)) throw ArtifactError(artifact_dir + ": not an artifact directory (it does not exist)");
-  if (!fs::is_regular_file(manifest_path))
-    throw ArtifactError(manifest_path.string() + ": missing; is " + artifact_dir + " an artifact written by `perceiver_export onnx`?");
-  json m;
-  try {
-    std::ifstream in(manifest_path);
-    m = json::parse(in);
-  } catch (const json::exception& e) {
-    throw ArtifactError(manifest_path.string() + ": not valid JSON: " + e.what());
-  }
-  const std::string where = manifest_path.string();
-  try {
-    if (m.at("schema") != kSchema) throw ArtifactError(where + ": schema is not '" + std::string(kSchema) + "'");
-    if (m.at("schema_version") != kSchemaVersion)
-      throw ArtifactError(where + ": schema_version " + m.at("schema_version").dump() + " is not supported (this version reads " +
-                          std::to_string(kSchemaVersion) + ")");
-    for (const auto& [axis, r] : m.at("contract").at("axes").items())
-      impl_->contract.axes.push_back({axis, {r.at("min").get<int64_t>(), r.at("opt").get<int64_t>(), r.at("max").get<int64_t>()}});
-    for (const auto& t : m.at("contract").at("inputs")) impl_->contract.inputs.push_back(parse_tensor(t, where));
-    for (const auto& t : m.at("contract").at("outputs")) impl_->contract.outputs.push_back(parse_tensor(t, where));
-    impl_->dtype = m.at("dtype").get<std::string>();
-  } catch (const json::exception& e) {
-    throw ArtifactError(where + ": invalid manifest: " + e.what());
-  }
+  const Manifest manifest = read_manifest(dir, artifact_dir);
+  impl_->contract = manifest.contract;
+  impl_->dtype = manifest.dtype;
   // The graph (and its external data) must be the bytes that were exported and verified.
-  fs::path model;
-  try {
-    const auto& onnx_entry = m.at("onnx");
-    check_file(dir, m.at("files"), onnx_entry.at("file").get<std::string>(), where);
-    if (onnx_entry.contains("external_data") && onnx_entry.at("external_data").is_string())
-      check_file(dir, m.at("files"), onnx_entry.at("external_data").get<std::string>(), where);
-    model = dir / onnx_entry.at("file").get<std::string>();
-  } catch (const json::exception& e) {
-    throw ArtifactError(where + ": invalid manifest: " + e.what());
-  }
+  check_file(dir, manifest, manifest.onnx_file);
+  if (manifest.external_data) check_file(dir, manifest, *manifest.external_data);
+  const fs::path model = dir / manifest.onnx_file;
   Ort::SessionOptions so;
   if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
   append_providers(so, options.providers);

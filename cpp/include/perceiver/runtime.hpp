@@ -32,7 +32,8 @@ struct Tensor {
   std::size_t numel() const;
 };
 
-// An input does not match the artifact's I/O contract (same message as Python's InputError).
+// An input does not match the artifact's I/O contract (same message as Python's InputError), or an input
+// file is not a well-formed .npy (src/npy.hpp).
 class InputError : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
@@ -51,6 +52,7 @@ class BackendUnavailableError : public std::runtime_error {
 };
 
 struct AxisRange { int64_t min, opt, max; };
+constexpr int64_t kMaxAxisLength = 2147483647;   // the manifest schema's bound on axis ranges and fixed sizes
 
 // One input or output of the contract; a dim is a fixed size or a sum of axis names ("k_len + v_len").
 struct TensorSpec {
@@ -67,6 +69,9 @@ struct Contract {
   // Checks named inputs and returns each axis' length; throws InputError.
   std::map<std::string, int64_t> check_inputs(const std::map<std::string, const TensorView*>& feeds) const;
   std::vector<int64_t> concrete_shape(const TensorSpec& spec, const std::map<std::string, int64_t>& sizes) const;
+  // Throws ArtifactError unless check_inputs can rely on it: ranges within [1, kMaxAxisLength], known axes,
+  // every axis of a sum carried by a required input, only bool masks optional. Runtime calls it on load.
+  void validate() const;
 };
 
 struct Options {
