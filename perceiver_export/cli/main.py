@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager; default: every exported-graph backend that runs here)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
+    verify.add_argument("--save-inputs", type=Path, metavar="DIR",
+                        help="write every case's inputs and eager outputs in Polygraphy's JSON formats to DIR and print "
+                             "the Polygraphy commands that re-check them (failing cases are written to DIR.polygraphy/ anyway)")
     _tolerance_options(verify)
 
     trt = sub.add_parser("trt", help="build a TensorRT engine from DIR/model.onnx with profiles from the manifest")
@@ -189,14 +192,28 @@ def _json_object(text: str | None, option: str) -> dict:
 
 
 def cmd_verify(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
     from ..verify.parity import verify_artifact
+    from ..verify.polygraphy import CaseRecorder, polygraphy_available
+    from .polygraphy_view import default_failure_dir, save_and_print
     from .report_table import print_parity
 
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    manifest = read_manifest(args.dir)
+    if args.save_inputs:
+        polygraphy_available(manifest)  # refuse before the grid runs, not after
+    recorder = CaseRecorder(failed_only=not args.save_inputs)
     with _CaseProgress(console) as progress:
-        report = verify_artifact(args.dir, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                                 write=not args.no_write, progress=progress)
+        report = verify_artifact(manifest, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                                 write=not args.no_write, progress=progress, on_case=recorder)
     print_parity(report, console)
+    if recorder.cases:
+        try:
+            save_and_print(manifest, recorder, args.save_inputs or default_failure_dir(args.dir), report, console)
+        except PerceiverExportError as e:
+            if args.save_inputs:
+                raise
+            console.print(f"note: the failing cases were not saved for Polygraphy: {e}")
     return EXIT_OK if report.passed else EXIT_PARITY
 
 
