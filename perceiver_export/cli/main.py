@@ -109,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--engine", action="append", default=[], metavar="FILE",
                          help="engine of the manifest to serve (repeatable; default: every datacenter TensorRT engine)")
     engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
+    _doctor_parser(sub)
     return parser
+
+
+def _doctor_parser(sub) -> None:
+    doctor = sub.add_parser("doctor", help="check this machine: versions, GPU, backends, then export, verify, build an engine "
+                                           "for this GPU, run it and compare with eager PyTorch on a tiny model")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON (schema perceiver-export/doctor)")
+    doctor.add_argument("--keep", type=Path, metavar="DIR", help="keep the tiny artifact and Polygraphy's files in DIR (default: a temporary folder)")
 
 
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
@@ -304,6 +312,24 @@ def cmd_triton(args, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args, console: Console) -> int:
+    from ..doctor import run_doctor
+    from .doctor_view import print_environment, print_step, print_verdict
+
+    if args.json:
+        report = run_doctor(args.keep)
+        console.print_json(json.dumps(report.as_dict()))
+        return report.exit_code
+
+    def start(report) -> None:
+        print_environment(report, console)
+        console.print("checks (a tiny PerceiverLayer, exported to a temporary folder)" if not args.keep else f"checks (in {args.keep})")
+
+    report = run_doctor(args.keep, on_start=start, on_step=lambda step: print_step(step, console))
+    print_verdict(report, console)
+    return report.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # As `python -m` does: `--model mypackage.layer:Class` and artifacts of it resolve from the current directory.
@@ -315,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = Console(stderr=True, highlight=False, width=width)
     try:
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
-                    "triton": cmd_triton}
+                    "triton": cmd_triton, "doctor": cmd_doctor}
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")
