@@ -26,10 +26,12 @@ def print_environment(report: DoctorReport, console: Console) -> None:
         console.print(f"  {'GPU':<16}none: {gpu['reason']}")
     console.print("backends")
     for b in report.backends:
-        builds = "" if b.builds_here is None else f"builds here: {'yes' if b.builds_here else 'no'}; "
-        runs = "runs here" if b.runs_here else "not here"
-        line = f"  {b.name:<16}{builds}{runs}: {b.detail}"
-        console.print(line + (f" — {b.install}" if b.install else ""), markup=False, soft_wrap=True)
+        if b.version is None:
+            text = "not installed" + (f" — {b.install}" if b.install else "")
+        else:
+            runs = f"runs here: {b.detail}" if b.runs_here else f"cannot run here: {b.detail}"
+            text = runs if b.builds_here is None else ("builds here; " if b.builds_here else "cannot build here; ") + runs
+        console.print(f"  {b.name:<16}{text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_step(step: Step, console: Console) -> None:
