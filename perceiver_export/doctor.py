@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, runtime
+from .artifact.manifest import read_manifest
 from .config import ModelSpec
 from .engines.build import BuildOptions, build_engine
 from .engines.compat import cuda_compute_capability
@@ -299,8 +300,6 @@ def _checks(report: DoctorReport, base: Path, on_step) -> None:
         return f"{len(result.results)} cases against eager float32: worst max abs {worst:.1e}"
 
     def polygraphy() -> str:
-        from .artifact.manifest import read_manifest
-
         manifest = read_manifest(artifact)
         files = save_polygraphy_data(manifest, recorder, base / "polygraphy")
         checks = [("--onnxrt", as_onnxrt(run_command(manifest, files, state["tolerance"])))]
@@ -310,7 +309,10 @@ def _checks(report: DoctorReport, base: Path, on_step) -> None:
         for what, command in checks:
             result = run_polygraphy(command)
             if result.returncode != 0:
-                raise RuntimeError(f"polygraphy run {what} failed (exit {result.returncode}): {command}\n{result.tail}")
+                errors = [line.strip() for line in result.tail.splitlines()
+                          if line.lstrip().startswith(("[!]", "[E]")) and "| Runtime:" not in line]
+                why = errors[-1] if errors else (result.tail.splitlines() or [""])[-1]
+                raise RuntimeError(f"polygraphy run {what} failed (exit {result.returncode}): {why} — the command: {command}")
         ran = ", ".join(w for w, _ in checks)
         rest = "" if plan.runs else "; --trt not here (see run)"
         return f"polygraphy run {ran}: {len(files.cases)} saved cases match the eager outputs{rest}"

@@ -144,3 +144,20 @@ def test_engine_plan_builds_for_this_gpu_where_a_flavor_targets_it():
     datacenter = engine_plan(NO_GPU, ["tensorrt"])
     assert not datacenter.builds and not datacenter.runs and "builds on the GPU it targets" in datacenter.why_not
     assert engine_plan(NO_GPU, []) == doctor.EnginePlan(None, (), False, "no TensorRT flavor is installed", builds=False)
+
+
+def test_a_polygraphy_mismatch_shows_polygraphys_verdict(fast, monkeypatch):
+    from perceiver_export.engines.commands import Command
+    from perceiver_export.verify.polygraphy import PolygraphyRun
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda m: "0.53.6" if m == "polygraphy" else (None if m.startswith("tensorrt") else real(m)))
+    monkeypatch.setattr(doctor, "save_polygraphy_data", lambda manifest, recorder, d: types.SimpleNamespace(cases=[1] * 14))
+    monkeypatch.setattr(doctor, "run_command", lambda *a, **k: Command(("polygraphy", "run", "m.onnx", "--trt")))
+    monkeypatch.setattr(doctor, "read_manifest", lambda d: None)
+    tail = "[E] Accuracy Summary | onnxrt-runner vs. eager-torch-float32 | Passed: 0/14 iterations | Pass Rate: 0.00%\n[E] FAILED | Runtime: 1.2s | Command: polygraphy run"
+    monkeypatch.setattr(doctor, "run_polygraphy", lambda command: PolygraphyRun(1, tail))
+    step = run_doctor().steps[-1]
+    assert step.status == FAILED and step.error.startswith(
+        "RuntimeError: polygraphy run --onnxrt failed (exit 1): [E] Accuracy Summary | onnxrt-runner vs. eager-torch-float32 | Passed: 0/14")
+    assert "doctor --keep DIR" in step.fix
