@@ -95,7 +95,8 @@ def test_trt_builds_engine_and_inspect_shows_it(exported, tmp_path):
     shown = cli("inspect", str(copy))
     assert shown.returncode == 0
     for text in ("mask", "batch, k_len + v_len", "MatMul", "engine model.tensorrt_rtx.engine: tensorrt_rtx",
-                 "targets sm89", "short", "1/4/8", "per-layer information needs the engine deserialized"):
+                 "targets sm89", "short", "1/4/8", "per-layer information needs the engine deserialized",
+                 "tensorrt_rtx --onnx=", "--computeCapabilities=89", "POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert"):
         assert text in shown.stdout, text
     bad = cli("trt", str(copy), "--profile", "q_len=1:4:99")
     assert bad.returncode == 3 and "q_len 1:4:99 is outside the artifact's range 1:8:16" in bad.stderr

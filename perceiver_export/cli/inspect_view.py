@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..artifact.manifest import Manifest
+from ..engines.commands import polygraphy_convert_command, trtexec_command
 from ..errors import PerceiverExportError
 
 
@@ -69,6 +70,9 @@ def print_inspect(manifest: Manifest, console: Console, layers: bool = True) -> 
         for i, p in enumerate(e["profiles"]):
             prof.add_row(str(i), p["name"], *(f"{r['min']}/{r['opt']}/{r['max']}" for r in p["axes"].values()))
         console.print(prof)
+        console.print("  the same engine from NVIDIA's tools (same ONNX, profiles, precision, TF32, workspace, targets):")
+        for command in (trtexec_command(manifest, name), polygraphy_convert_command(manifest, name)):
+            console.print(f"    {command}", markup=False, highlight=False, soft_wrap=True)
         if layers:
             info = engine_layers(manifest, name)
             if isinstance(info, str):

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager; default: every exported-graph backend that runs here)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
+    verify.add_argument("--save-inputs", type=Path, metavar="DIR",
+                        help="write every case's inputs and eager outputs in Polygraphy's JSON formats to DIR and print "
+                             "the Polygraphy commands that re-check them (failing cases are written to DIR.polygraphy/ anyway)")
     _tolerance_options(verify)
 
     trt = sub.add_parser("trt", help="build a TensorRT engine from DIR/model.onnx with profiles from the manifest")
@@ -156,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--serve-args", default="", help="further serve options, e.g. '--max-batch-size 8 --timeout-ms 500'")
     ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
     ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")
+    _doctor_parser(sub)
     return parser
+
+
+def _doctor_parser(sub) -> None:
+    doctor = sub.add_parser("doctor", help="check this machine: versions, GPU, backends, then export, verify, build an engine "
+                                           "for this GPU, run it and compare with eager PyTorch on a tiny model")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON (schema perceiver-export/doctor)")
+    doctor.add_argument("--keep", type=Path, metavar="DIR", help="keep the tiny artifact and Polygraphy's files in DIR (default: a temporary folder)")
 
 
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
@@ -239,14 +250,28 @@ def _json_object(text: str | None, option: str) -> dict:
 
 
 def cmd_verify(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
     from ..verify.parity import verify_artifact
+    from ..verify.polygraphy import CaseRecorder, polygraphy_available
+    from .polygraphy_view import default_failure_dir, save_and_print
     from .report_table import print_parity
 
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    manifest = read_manifest(args.dir)
+    if args.save_inputs:
+        polygraphy_available(manifest)  # refuse before the grid runs, not after
+    recorder = CaseRecorder(failed_only=not args.save_inputs)
     with _CaseProgress(console) as progress:
-        report = verify_artifact(args.dir, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                                 write=not args.no_write, progress=progress)
+        report = verify_artifact(manifest, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                                 write=not args.no_write, progress=progress, on_case=recorder)
     print_parity(report, console)
+    if recorder.cases:
+        try:
+            save_and_print(manifest, recorder, args.save_inputs or default_failure_dir(args.dir), report, console)
+        except PerceiverExportError as e:
+            if args.save_inputs:
+                raise
+            console.print(f"note: the failing cases were not saved for Polygraphy: {e}")
     return EXIT_OK if report.passed else EXIT_PARITY
 
 
@@ -393,6 +418,22 @@ def cmd_kserve(args, console: Console) -> int:
     console.print(f"wrote {out} (validated with KServe's V1beta1InferenceService); deploy it with\n  kubectl apply -f {out}",
                   soft_wrap=True)
     return EXIT_OK
+def cmd_doctor(args, console: Console) -> int:
+    from ..doctor import run_doctor
+    from .doctor_view import print_environment, print_step, print_verdict
+
+    if args.json:
+        report = run_doctor(args.keep)
+        console.print_json(json.dumps(report.as_dict()))
+        return report.exit_code
+
+    def start(report) -> None:
+        print_environment(report, console)
+        console.print("checks (a tiny PerceiverLayer, exported to a temporary folder)" if not args.keep else f"checks (in {args.keep})")
+
+    report = run_doctor(args.keep, on_start=start, on_step=lambda step: print_step(step, console))
+    print_verdict(report, console)
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = Console(stderr=True, highlight=False, width=width)
     try:
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
-                    "triton": cmd_triton, "serve": cmd_serve,
-                    "loadtest": cmd_loadtest, "kserve": cmd_kserve}
+                    "triton": cmd_triton, "serve": cmd_serve, "loadtest": cmd_loadtest, "kserve": cmd_kserve,
+                    "doctor": cmd_doctor}
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")

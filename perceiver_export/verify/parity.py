@@ -102,10 +102,13 @@ def verify_artifact(
     write: bool = True,
     progress=None,
     check_files: bool = True,
+    on_case=None,
 ) -> ParityReport:
     """Compare each backend with eager float32 PyTorch on the parity grid; store the report in the manifest.
 
-    Never raises on a mismatch: the caller decides (the CLI exits 1); see `require_parity`.
+    Never raises on a mismatch: the caller decides (the CLI exits 1); see `require_parity`. on_case(case, feeds,
+    reference, results) sees each case's inputs (every graph input, the mask filled in as the runners do), the
+    eager output and the backends' results: verify/polygraphy.py's CaseRecorder saves them for Polygraphy.
     """
     manifest = directory if isinstance(directory, Manifest) else read_manifest(directory)
     if check_files:  # the exporter passes False: it hashed these very files a moment ago
@@ -141,6 +144,7 @@ def verify_artifact(
         # Inputs are rounded to the artifact's dtype first so the reference sees exactly what the backend sees.
         feeds = {n: (x.astype(dtype) if x is not None and x.dtype != np.bool_ else x) for n, x in feeds.items()}
         ref = reference.infer(feeds)  # the float32 runner upcasts the rounded inputs
+        case_results = []
         for runner in runners:
             tol = tolerance(runner)
             start = time.perf_counter()
@@ -156,8 +160,12 @@ def verify_artifact(
             seconds = time.perf_counter() - start
             result = CaseResult(runner.backend, case, comparison, seconds, tol)
             report.results.append(result)
+            case_results.append(result)
             if progress:
                 progress(result, len(report.results), total)
+        if on_case:
+            given = {n: x for n, x in feeds.items() if x is not None}
+            on_case(case, reference.with_defaults(given, case.sizes), ref, case_results)
     if write:
         manifest.data["parity"] = report.as_dict()
         manifest.write()
