@@ -49,6 +49,7 @@ class ServeOptions:
     device: str | None = None  # torch: cpu, cuda, cuda:1
     engine: str | None = None  # tensorrt: engine file in the artifact
     threads: int | None = None  # backend threads (onnxruntime intra-op, torch)
+    spinning: bool | None = None  # onnxruntime: idle threads spin-wait (None: its default, on; off measured slower)
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int = 8081
@@ -65,7 +66,8 @@ def load_runner(directory: str | Path, options: ServeOptions) -> Runner:
     """The artifact's runner for `options.backend`, with the backend options that apply to it."""
     extra: dict[str, Any] = {}
     if options.backend == "onnxruntime":
-        extra = {k: v for k, v in (("graph", options.graph), ("threads", options.threads)) if v is not None}
+        extra = {k: v for k, v in (("graph", options.graph), ("threads", options.threads), ("spinning", options.spinning))
+                 if v is not None}
     elif options.backend == "torch":
         if options.threads:
             import torch
@@ -166,15 +168,27 @@ def make_model_class(kserve):
                 self.metrics.latency.labels(self.name, protocol).observe(time.perf_counter() - start)
 
         async def predict(self, payload, headers: dict | None = None):
-            """The gRPC path (KServe decodes the protobuf; REST has its own route, `rest_infer`)."""
+            """gRPC requests with `contents` instead of raw bytes, which KServe decodes (see `infer_grpc`)."""
+            tensors = [(t.name, t.datatype, list(t.shape), t._raw_data, t.data) for t in payload.inputs]
+            wanted = [o.name for o in payload.request_outputs or []]
+            return await self.infer_tensors(tensors, wanted, payload.id)
+
+        async def infer_grpc(self, request) -> ModelInferResponse:
+            """A ModelInferRequest with raw input contents (tritonclient's form), straight from the protobuf."""
+            raw = request.raw_input_contents
+            if len(raw) != len(request.inputs):
+                raise InvalidInput(f"{len(request.inputs)} inputs but {len(raw)} raw input contents")
+            tensors = [(t.name, t.datatype, list(t.shape), raw[i], None) for i, t in enumerate(request.inputs)]
+            return await self.infer_tensors(tensors, [o.name for o in request.outputs], request.id)
+
+        async def infer_tensors(self, tensors: list[tuple], wanted: list[str], request_id: str | None) -> ModelInferResponse:
+            """Decoded, checked, batched and answered; errors as the gRPC statuses of the protocol."""
             try:
                 feeds = {}
-                for tensor in payload.inputs:
-                    if tensor.name in feeds:
-                        raise InputError(f"input {tensor.name!r}: given twice")
-                    feeds[tensor.name] = decode_tensor(self.contract, tensor.name, tensor.datatype, list(tensor.shape),
-                                                       raw=tensor._raw_data, data=tensor.data)
-                wanted = [o.name for o in payload.request_outputs or []]
+                for name, datatype, shape, raw, data in tensors:
+                    if name in feeds:
+                        raise InputError(f"input {name!r}: given twice")
+                    feeds[name] = decode_tensor(self.contract, name, datatype, shape, raw=raw, data=data)
                 known = [o.name for o in self.contract.outputs]
                 for name in wanted:
                     if name not in known:
@@ -184,14 +198,14 @@ def make_model_class(kserve):
                 raise InvalidInput(str(e)) from None
             except ServingError as e:
                 raise grpc_status[type(e)](str(e)) from None
-            outputs, raw = [], []
+            outputs, raw_outputs = [], []
             for name in wanted or known:
                 array = np.ascontiguousarray(results[name])
                 outputs.append(ModelInferResponse.InferOutputTensor(
                     name=name, datatype=wire_type(self.contract.spec(name)), shape=list(array.shape)))
-                raw.append(array.tobytes())
-            return ModelInferResponse(model_name=self.name, model_version=MODEL_VERSION,
-                                      id=payload.id or str(uuid.uuid4()), outputs=outputs, raw_output_contents=raw)
+                raw_outputs.append(array.tobytes())
+            return ModelInferResponse(model_name=self.name, model_version=MODEL_VERSION, id=request_id or str(uuid.uuid4()),
+                                      outputs=outputs, raw_output_contents=raw_outputs)
 
     return PerceiverModel
 
@@ -309,8 +323,14 @@ async def serve(directory: str | Path, options: ServeOptions,
 
     grpc_server = aio.server(interceptors=(ExceptionToStatusInterceptor(),),
                              options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, extension),
-                                                                        grpc_server)
+    class Servicer(InferenceServicer):
+        async def ModelInfer(self, request, context):
+            # tritonclient's requests (raw contents, this model, ready) skip KServe's InferRequest objects.
+            if request.model_name == model.name and request.raw_input_contents and model.ready:
+                return await model.infer_grpc(request)
+            return await super().ModelInfer(request, context)
+
+    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(dataplane, extension), grpc_server)
     host = f"[{options.host}]" if ":" in options.host else options.host
     try:
         grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")

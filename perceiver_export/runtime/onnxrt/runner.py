@@ -23,9 +23,11 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, manifest: Manifest, providers: Sequence[str] | None = None, threads: int | None = None,
-                 graph: str | None = None):
+                 graph: str | None = None, spinning: bool | None = None):
         """graph: "plain" (model.onnx), or a variant from the manifest's "graphs" ("optimized", "int8").
-        Default: the optimized graph when the artifact has one, else the plain one."""
+        Default: the optimized graph when the artifact has one, else the plain one.
+        spinning: whether idle intra-op threads spin-wait for the next run (ONNX Runtime's default: yes). A server
+        turns it off: spinning threads take the cores its own request handling needs between runs."""
         super().__init__(manifest)
         self.graph = graph or ("optimized" if "optimized" in manifest.graphs else "plain")
         if self.graph != "plain" and self.graph not in manifest.graphs:
@@ -51,6 +53,8 @@ class OnnxRuntimeRunner(Runner):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
         start = time.perf_counter()
         try:
