@@ -416,3 +416,12 @@ def test_the_reference_artifact_is_served_with_the_runners_answer(tmp_path_facto
         exec(compile(example.replace('"127.0.0.1:8080"', repr(s.http)), "README-client-example", "exec"), scope)
         assert scope["out"].shape == (2, 32, 512)
         assert close(scope["out"], reference.infer({n: scope[n] for n in ("q", "k", "v", "mask")}))
+
+
+def test_http_listener_is_a_tcp_socket_so_responses_go_out_without_nagle_delays():
+    """asyncio sets TCP_NODELAY only on connections of sockets made with proto IPPROTO_TCP; with proto 0 every small
+    response waited ~40 ms for a delayed ACK (header and body are two writes)."""
+    from perceiver_export.serving.server import _listening_socket
+
+    with _listening_socket("127.0.0.1", 0) as sock:
+        assert (sock.family, sock.type, sock.proto) == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

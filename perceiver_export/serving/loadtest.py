@@ -83,7 +83,7 @@ def _summary(latencies_ms: list[float], seconds: float) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 3), "mean_ms": round(float(lat.mean()), 3)}
 
 
-def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, full_batch: int) -> dict:
+def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, full_batch: int) -> tuple[dict, object]:
     """The runner called in this process on the same requests, and one full padded batch at the longest lengths."""
     runner = load_runner(directory, ServeOptions(backend=settings.backend, graph=settings.graph, threads=settings.threads))
     for feeds in plan[:3]:
@@ -106,7 +106,7 @@ def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, fu
     return {"direct": direct, "full_batch": {"rows": full_batch, "shapes": {n: list(a.shape) for n, a in longest.items()},
                                             "p50_ms": round(float(np.percentile(batch_ms, 50)), 3),
                                             "p99_ms": round(float(np.percentile(batch_ms, 99)), 3)},
-            "backend": runner.backend}
+            "backend": runner.backend}, runner
 
 
 def _batch_totals(http: str) -> tuple[float, float]:
@@ -117,7 +117,11 @@ def _batch_totals(http: str) -> tuple[float, float]:
     return total, count
 
 
-async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurrency: int, plan: list[dict]) -> dict:
+async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurrency: int, plan: list[dict],
+                       runner=None) -> dict:
+    """`concurrency` clients sending the plan's requests back to back. At concurrency 1 with a runner, direct
+    calls on the same requests alternate with the served ones in 4 chunks, so that the overhead ratio compares
+    figures taken minutes, not seconds, apart on a machine whose speed drifts."""
     if protocol == "grpc":
         import tritonclient.grpc as module
         import tritonclient.grpc.aio as aio
@@ -138,12 +142,12 @@ async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurr
         inputs.append(tensors)
     latencies: list[float] = []
     errors: list[str] = []
-    next_index = iter(range(len(plan)))
+    order = {"next": iter(range(len(plan)))}
     async with aio.InferenceServerClient(url) as client:
         await client.infer(model, inputs[0])  # connection set-up outside the timing
 
         async def worker():
-            for i in next_index:
+            for i in order["next"]:
                 t0 = time.perf_counter()
                 try:
                     await client.infer(model, inputs[i])
@@ -151,12 +155,25 @@ async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurr
                     errors.append(f"{type(e).__name__}: {e}")
                 latencies.append((time.perf_counter() - t0) * 1e3)
 
+        direct: list[float] = []
         before = _batch_totals(server.http)
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
+        if runner is not None and concurrency == 1:
+            chunks = np.array_split(np.arange(len(plan)), 4)
+            for chunk in chunks:
+                for i in chunk:
+                    t0 = time.perf_counter()
+                    runner.infer(plan[i])
+                    direct.append((time.perf_counter() - t0) * 1e3)
+                order["next"] = iter(chunk.tolist())
+                await worker()
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start - sum(direct) / 1e3
         after = _batch_totals(server.http)
     result = _summary(latencies, seconds)
+    if direct:
+        result["direct_p50_ms"] = round(float(np.percentile(direct, 50)), 3)
     calls = after[1] - before[1]
     result.update(concurrency=concurrency, errors=len(errors), first_error=errors[0] if errors else None,
                   mean_batch=round((after[0] - before[0]) / calls, 2) if calls else None)
@@ -172,7 +189,7 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
     plan, shapes = request_plan(contract, settings)
     max_batch = min(settings.max_batch_size or contract.axes["batch"].max, contract.axes["batch"].max)
     progress("direct runner calls")
-    direct = measure_direct(directory, plan, settings, max_batch)
+    direct, runner = measure_direct(directory, plan, settings, max_batch)
     model = manifest.data["name"]
     common = ["--backend", settings.backend, "--max-queue", str(max(256, 4 * max(settings.concurrency))),
               "--max-queue-delay-ms", str(settings.max_queue_delay_ms)]
@@ -188,7 +205,7 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
                         raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
                     progress(f"{mode}, {protocol}, concurrency {concurrency}")
                     result = asyncio.run(asyncio.wait_for(
-                        _closed_loop(server, model, protocol, concurrency, plan), deadline - time.monotonic()))
+                        _closed_loop(server, model, protocol, concurrency, plan, runner), deadline - time.monotonic()))
                     runs.append({"mode": mode, "protocol": protocol, **result})
     data = {
         "schema": "perceiver-export/loadtest", "version": 1, "perceiver_export": __version__,
@@ -212,8 +229,8 @@ def evaluate_targets(data: dict) -> list[dict]:
     for protocol, limit in (("grpc", 1.10), ("http", 1.25)):
         run = _run(data, "batching off", protocol, 1)
         if run:
-            ratio = run["p50_ms"] / direct
-            targets.append({"target": f"{protocol} p50 at concurrency 1 <= {limit} x direct", "value": round(ratio, 3),
+            ratio = run["p50_ms"] / run.get("direct_p50_ms", direct)
+            targets.append({"target": f"{protocol} p50 at concurrency 1 <= {limit} x the direct call's (interleaved)", "value": round(ratio, 3),
                             "met": ratio <= limit})
     for protocol in data["settings"]["protocols"]:
         worst = None
