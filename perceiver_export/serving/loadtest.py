@@ -1,7 +1,8 @@
 """`python -m perceiver_export loadtest DIR`: closed-loop tritonclient clients against a real `serve` process.
 
 One run measures, on the same requests: the direct runner call (the baseline), the server with batching off
-(`--max-batch-size 1`) and on, over gRPC and HTTP (binary data), at each concurrency; p50/p90/p99 latency,
+(`--max-batch-size 1`) and on — two server processes taking turns chunk by chunk, so that drift in the machine's
+speed moves both alike — over gRPC and HTTP (binary data), at each concurrency; p50/p90/p99 latency,
 requests/s and the mean batch size read from the server's own /metrics. Clients and server share this machine,
 so figures are ratios within one run; the targets are checked and reported, never asserted by tests.
 """
@@ -117,67 +118,106 @@ def _batch_totals(http: str) -> tuple[float, float]:
     return total, count
 
 
-async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurrency: int, plan: list[dict],
-                       runner=None) -> dict:
-    """`concurrency` clients sending the plan's requests back to back. At concurrency 1 with a runner, direct
-    calls on the same requests alternate with the served ones in 4 chunks, so that the overhead ratio compares
-    figures taken minutes, not seconds, apart on a machine whose speed drifts."""
+def _client_modules(protocol: str):
     if protocol == "grpc":
         import tritonclient.grpc as module
         import tritonclient.grpc.aio as aio
-
-        url = server.grpc
     else:
         import tritonclient.http as module
         import tritonclient.http.aio as aio
+    return module, aio
 
-        url = server.http
-    inputs = []
+
+def _url(server: ServerProcess, protocol: str) -> str:
+    return server.grpc if protocol == "grpc" else server.http
+
+
+async def _closed_loop(server: ServerProcess, model: str, protocol: str, concurrency: int, inputs: list,
+                       latencies: list[float], errors: list[str]) -> float:
+    """`concurrency` clients sending `inputs` back to back (asyncio clients; for one client the blocking one, whose
+    own cost per call is about half the asyncio one's); returns the wall time."""
+    module, aio = _client_modules(protocol)
+
+    def record(t0: float, error: Exception | None) -> None:
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        if error is not None:
+            errors.append(f"{type(error).__name__}: {error}")
+
+    if concurrency == 1:
+        client = module.InferenceServerClient(_url(server, protocol))
+        start = time.perf_counter()
+        for tensors in inputs:
+            t0, error = time.perf_counter(), None
+            try:
+                client.infer(model, tensors)
+            except Exception as e:  # noqa: BLE001 — reported, not hidden
+                error = e
+            record(t0, error)
+        seconds = time.perf_counter() - start
+        client.close()
+        return seconds
+    pending = iter(inputs)
+    async with aio.InferenceServerClient(_url(server, protocol)) as client:
+        async def worker():
+            for tensors in pending:
+                t0, error = time.perf_counter(), None
+                try:
+                    await client.infer(model, tensors)
+                except Exception as e:  # noqa: BLE001 — reported, not hidden
+                    error = e
+                record(t0, error)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
+
+
+def _triton_inputs(module, plan: list[dict]) -> list[list]:
+    out = []
     for feeds in plan:
         tensors = []
         for name, array in feeds.items():
             t = module.InferInput(name, list(array.shape), WIRE_TYPES[array.dtype.name])
             t.set_data_from_numpy(array)
             tensors.append(t)
-        inputs.append(tensors)
-    latencies: list[float] = []
-    errors: list[str] = []
-    order = {"next": iter(range(len(plan)))}
-    async with aio.InferenceServerClient(url) as client:
-        await client.infer(model, inputs[0])  # connection set-up outside the timing
+        out.append(tensors)
+    return out
 
-        async def worker():
-            for i in order["next"]:
-                t0 = time.perf_counter()
-                try:
-                    await client.infer(model, inputs[i])
-                except Exception as e:  # noqa: BLE001 — reported, not hidden
-                    errors.append(f"{type(e).__name__}: {e}")
-                latencies.append((time.perf_counter() - t0) * 1e3)
 
-        direct: list[float] = []
-        before = _batch_totals(server.http)
-        start = time.perf_counter()
+def measure_level(servers: dict[str, ServerProcess], model: str, protocol: str, concurrency: int, plan: list[dict],
+                  runner, chunks: int = 4) -> list[dict]:
+    """One protocol and concurrency on every server, in alternating chunks of the plan (and, for one client, direct
+    runner calls on the same chunk first), so that a machine whose speed drifts moves all of them alike."""
+    module, _ = _client_modules(protocol)
+    inputs = _triton_inputs(module, plan)
+    for server in servers.values():  # connections and first-call costs outside the timing
+        module.InferenceServerClient(_url(server, protocol)).infer(model, inputs[0])
+    stats = {mode: {"latencies": [], "errors": [], "seconds": 0.0, "before": _batch_totals(s.http)}
+             for mode, s in servers.items()}
+    direct: list[float] = []
+    for chunk in np.array_split(np.arange(len(plan)), chunks):
         if runner is not None and concurrency == 1:
-            chunks = np.array_split(np.arange(len(plan)), 4)
-            for chunk in chunks:
-                for i in chunk:
-                    t0 = time.perf_counter()
-                    runner.infer(plan[i])
-                    direct.append((time.perf_counter() - t0) * 1e3)
-                order["next"] = iter(chunk.tolist())
-                await worker()
-        else:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - start - sum(direct) / 1e3
+            for i in chunk:
+                t0 = time.perf_counter()
+                runner.infer(plan[i])
+                direct.append((time.perf_counter() - t0) * 1e3)
+        for mode, server in servers.items():
+            st = stats[mode]
+            st["seconds"] += asyncio.run(_closed_loop(server, model, protocol, concurrency, [inputs[i] for i in chunk],
+                                                      st["latencies"], st["errors"]))
+    results = []
+    for mode, server in servers.items():
+        st = stats[mode]
         after = _batch_totals(server.http)
-    result = _summary(latencies, seconds)
-    if direct:
-        result["direct_p50_ms"] = round(float(np.percentile(direct, 50)), 3)
-    calls = after[1] - before[1]
-    result.update(concurrency=concurrency, errors=len(errors), first_error=errors[0] if errors else None,
-                  mean_batch=round((after[0] - before[0]) / calls, 2) if calls else None)
-    return result
+        calls = after[1] - st["before"][1]
+        result = {"mode": mode, "protocol": protocol, **_summary(st["latencies"], st["seconds"]),
+                  "concurrency": concurrency, "errors": len(st["errors"]),
+                  "first_error": st["errors"][0] if st["errors"] else None,
+                  "mean_batch": round((after[0] - st["before"][0]) / calls, 2) if calls else None}
+        if direct:
+            result["direct_p50_ms"] = round(float(np.percentile(direct, 50)), 3)
+        results.append(result)
+    return results
 
 
 def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callable[[str], None] = lambda m: None) -> dict:
@@ -197,16 +237,15 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
     common += ["--threads", str(settings.threads)] if settings.threads else []
     deadline = time.monotonic() + settings.timeout_s
     runs = []
-    for mode, batch_option in (("batching off", "1"), ("batching on", str(max_batch))):
-        with ServerProcess(directory, *common, "--max-batch-size", batch_option) as server:
-            for protocol in settings.protocols:
-                for concurrency in settings.concurrency:
-                    if time.monotonic() > deadline:
-                        raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
-                    progress(f"{mode}, {protocol}, concurrency {concurrency}")
-                    result = asyncio.run(asyncio.wait_for(
-                        _closed_loop(server, model, protocol, concurrency, plan, runner), deadline - time.monotonic()))
-                    runs.append({"mode": mode, "protocol": protocol, **result})
+    # Both servers run at once and take turns chunk by chunk (an idle one only waits on its sockets).
+    with ServerProcess(directory, *common, "--max-batch-size", "1") as off, \
+            ServerProcess(directory, *common, "--max-batch-size", str(max_batch)) as on:
+        for protocol in settings.protocols:
+            for concurrency in settings.concurrency:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
+                progress(f"{protocol}, concurrency {concurrency}")
+                runs += measure_level({"batching off": off, "batching on": on}, model, protocol, concurrency, plan, runner)
     data = {
         "schema": "perceiver-export/loadtest", "version": 1, "perceiver_export": __version__,
         "artifact": {"name": model, "dtype": contract.dtype, "directory": str(directory)},
