@@ -21,7 +21,8 @@ from .errors import ConfigError
 from .model.module_ref import OURS, check_arguments, construct, resolve_class, takes_mask
 
 # models/ sits beside the package in a checkout; installed copies ship it as package data.
-MODELS_DIRS = (Path(__file__).resolve().parent.parent / "models", Path(__file__).resolve().parent / "models")
+# Model specs: inside the installed package (a wheel ships models/*.toml there), else a checkout's models/.
+MODELS_DIRS = (Path(__file__).resolve().parent / "models", Path(__file__).resolve().parent.parent / "models")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: build the C++ runtime (release, and with ASan + UBSan) and its fuzz targets (clang), run pytest
 # (which also drives the release perceiver_run tool), ctest on both builds, then fuzz the C++ readers of untrusted
-# input for FUZZ_SECONDS each (default 60).
+# input for FUZZ_SECONDS each (default 60), build the docs site strictly, and check the packages (scripts/check_dist.sh).
 # Run scripts/setup.sh first (it also installs the C++ dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +42,12 @@ for target in npy manifest; do
     || { tail -n 60 "build/fuzz/$target.log"; echo "fuzz $target: FINDING, input in build/fuzz/findings/"; exit 1; }
   grep -E "^(Done|stat::(average_exec_per_sec|new_units_added|peak_rss_mb))" "build/fuzz/$target.log"
 done
+
+# The documentation site: a broken link or anchor, or a page missing from the nav, fails (mkdocs.yml: validation).
+echo "== docs: mkdocs build --strict"
+NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict -q -d build/site
+
+# The packages as users get them: sdist and wheel, `twine check`, each installed into a fresh environment outside
+# the checkout, the main job run from there.
+echo "== packages"
+bash scripts/check_dist.sh

@@ -18,7 +18,7 @@ from perceiver_export.serving.batcher import DynamicBatcher, pads_exactly
 from perceiver_export.verify.compare import TOLERANCES
 
 FP32 = TOLERANCES["float32"]
-README = Path(__file__).resolve().parent.parent / "README.md"
+SERVING_DOC = Path(__file__).resolve().parent.parent / "docs" / "serving.md"
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +197,9 @@ def test_pads_only_where_padding_is_known_to_be_exact(runner, tmp_path):
 
 
 def test_readme_example_runs(tiny_fp32, monkeypatch, capsys):
-    """The README's embedding example, run as written (on the tiny artifact instead of perceiver-base)."""
-    text = README.read_text()
+    """The serving page's embedding example, run as written (on the tiny artifact instead of perceiver-base)."""
+    text = SERVING_DOC.read_text()
     block = re.search(r"<!-- batcher-example -->\n```python\n(.*?)```", text, re.S).group(1)
     code = block.replace("artifacts/perceiver-base", str(tiny_fp32.directory)).replace("512", "32")
-    exec(compile(code, "README-batcher-example", "exec"), {"__name__": "__main__"})
+    exec(compile(code, "docs-serving-batcher-example", "exec"), {"__name__": "__main__"})
     assert "answers: 16" in capsys.readouterr().out

@@ -104,6 +104,21 @@ def test_trt_builds_engine_and_inspect_shows_it(exported, tmp_path):
     assert bad.returncode == 3 and "unknown compute capability 'sm90'" in bad.stderr
 
 
-def test_readme_cpp_example_is_the_one_ctest_builds():
+def test_docs_cpp_example_is_the_one_ctest_builds():
     example = (REPO / "cpp" / "examples" / "embed.cpp").read_text().rstrip("\n")
-    assert example in (REPO / "README.md").read_text()
+    assert example in (REPO / "docs" / "cpp.md").read_text()
+
+
+def test_readme_python_example_runs(tiny_fp32, capsys):
+    """README's example, on the tiny artifact (dim 32, lengths within its ranges) instead of perceiver-base."""
+    import re
+
+    block = re.search(r"<!-- readme-example -->\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    for old, new in (('"artifacts/perceiver-base"', repr(str(tiny_fp32.directory))), ("(32, 40, 24)", "(16, 20, 12)"),
+                     ("40 + 24", "20 + 12"), ("512", "32"), (":256]", ":16]")):
+        assert old in block
+        block = block.replace(old, new)
+    scope: dict = {}
+    exec(compile(block, "README-example", "exec"), scope)
+    assert scope["out"].shape == (2, 16, 32)
+    assert capsys.readouterr().out.strip() == "input 'v': expected size 32 on axis 2 (batch, v_len, 32), got 16 (shape (2, 12, 16))"

@@ -406,14 +406,14 @@ def test_the_reference_artifact_is_served_with_the_runners_answer(tmp_path_facto
     rng = np.random.default_rng(9)
     feeds = {"q": rng.standard_normal((2, 32, 512), dtype=np.float32), "k": rng.standard_normal((2, 40, 512), dtype=np.float32),
              "v": rng.standard_normal((2, 24, 512), dtype=np.float32), "mask": rng.random((2, 64)) < 0.8}
-    readme = (REPO / "README.md").read_text()
-    example = re.search(r"<!-- client-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    page = (REPO / "docs" / "serving.md").read_text()
+    example = re.search(r"<!-- client-example -->\n```python\n(.*?)```", page, re.S).group(1)
     with Served(directory) as s:
         for protocol in CLIENTS:
             out = client(protocol, s).infer("perceiver-base", triton_inputs(CLIENTS[protocol], feeds)).as_numpy("out")
             assert out.shape == (2, 32, 512) and close(out, reference.infer(feeds))
         scope = {}
-        exec(compile(example.replace('"127.0.0.1:8080"', repr(s.http)), "README-client-example", "exec"), scope)
+        exec(compile(example.replace('"127.0.0.1:8080"', repr(s.http)), "docs-serving-client-example", "exec"), scope)
         assert scope["out"].shape == (2, 32, 512)
         assert close(scope["out"], reference.infer({n: scope[n] for n in ("q", "k", "v", "mask")}))
 

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from .. import __version__
 from ..contract import IOContract
 from ..errors import ArtifactError, ConfigError
 from .atomic import atomic_write_text
@@ -134,6 +135,37 @@ def _validator():
     return Draft202012Validator(MANIFEST_SCHEMA)
 
 
+# How to read a manifest of an earlier schema version: UPGRADES[n] turns a version-n document into version n + 1
+# (in memory; the file is not rewritten). Bump SCHEMA_VERSION whenever export writes a different manifest, and add
+# the step from the previous version here, or leave it out to refuse that version with "re-export".
+# tests/fixtures/artifact-v1/ is a version-1 artifact kept as it was written: it must keep loading, or be refused
+# with that message.
+UPGRADES: dict[int, Callable[[dict], dict]] = {}
+
+
+def _upgrade(data: dict, path: Path) -> dict:
+    version = data["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{path}: schema_version must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: schema_version {version} is not supported (this version reads {SCHEMA_VERSION}): the artifact "
+            f"was written by a newer perceiver-export than this one ({__version__}); upgrade it "
+            "(`pip install -U perceiver-export`) or re-export the model with this one"
+        )
+    while version < SCHEMA_VERSION:
+        step = UPGRADES.get(version)
+        if step is None:
+            raise ArtifactError(
+                f"{path}: schema_version {version} is not supported (this version reads {SCHEMA_VERSION}): the artifact "
+                f"was written by an older perceiver-export that this one ({__version__}) cannot read; re-export the "
+                "model (`python -m perceiver_export onnx ...`) or use the perceiver-export that wrote it"
+            )
+        data = step(data)
+        version = data["schema_version"]
+    return data
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """Parse and validate DIR/manifest.json (not the files it lists: see Manifest.check_files)."""
     directory = Path(directory)
@@ -155,10 +187,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: missing keys {missing}")
     if data["schema"] != SCHEMA:
         raise ArtifactError(f"{path}: schema {data['schema']!r} is not {SCHEMA!r}")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{path}: schema_version {data['schema_version']!r} is not supported (this version reads {SCHEMA_VERSION})"
-        )
+    data = _upgrade(data, path)
     error = next(iter(sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))), None)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"

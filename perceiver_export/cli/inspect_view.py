@@ -36,6 +36,8 @@ def print_inspect(manifest: Manifest, console: Console, layers: bool = True) -> 
     d = manifest.data
     contract = manifest.contract
     console.print(f"[bold]{d['name']}[/] — {manifest.directory}  ({d['dtype']}, opset {d['opset']}, schema {d['schema_version']})")
+    made_by = (d.get("versions") or {}).get("perceiver-export")
+    console.print(f"made by perceiver-export {made_by or '(unknown version)'} on {d.get('created', '?')}")
     console.print(f"model: {manifest.model_class}({', '.join(f'{k}={v!r}' for k, v in manifest.model_config.items())})")
     io = Table(title="inputs and outputs", title_justify="left")
     for col in ("name", "kind", "dtype", "dims", "min", "opt", "max"):

@@ -185,9 +185,11 @@ def _triton_inputs(module, plan: list[dict]) -> list[list]:
 
 
 def measure_level(servers: dict[str, ServerProcess], model: str, protocol: str, concurrency: int, plan: list[dict],
-                  runner, chunks: int = 4) -> list[dict]:
+                  runner) -> list[dict]:
     """One protocol and concurrency on every server, in alternating chunks of the plan (and, for one client, direct
-    runner calls on the same chunk first), so that a machine whose speed drifts moves all of them alike."""
+    runner calls on the same chunk first), so that a machine whose speed drifts moves all of them alike. A chunk
+    holds at least 4 requests per client, so that the closed loop runs at its concurrency, not at a chunk's end."""
+    chunks = max(1, min(4, len(plan) // (4 * concurrency)))
     module, _ = _client_modules(protocol)
     inputs = _triton_inputs(module, plan)
     for server in servers.values():  # connections and first-call costs outside the timing
