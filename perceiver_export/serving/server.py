@@ -16,7 +16,6 @@ import asyncio
 import logging
 import signal
 import socket
-import sys
 import time
 import uuid
 import warnings
