@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
                       help="keep weights in model.onnx.data: auto = only when over protobuf's 2 GB (default)")
     onnx.add_argument("--no-optimize", action="store_true", help="do not write model.ort.onnx (ONNX Runtime fusions)")
-    onnx.add_argument("--int8", action="store_true", help="also write model.int8.onnx (int8 weights; fp32 exports; own tolerance)")
+    onnx.add_argument("--int8", action="store_true", help="also write model.int8.onnx (int8 weights; fp32 exports; own tolerance): "
+                      "every int8 route is verified and the fastest that passes is kept")
+    onnx.add_argument("--int8-routes", metavar="ROUTE,...", type=lambda s: [r.strip() for r in s.split(",") if r.strip()],
+                      help="int8 routes to try (default: every one that applies): dynamic, dynamic-fused, matmulnbits8, static-qdq")
+    onnx.add_argument("--calibration", metavar="FILE.npz", nargs="+",
+                      help="real inputs (arrays named as the contract's inputs, batch first) for the static-qdq int8 route")
     onnx.add_argument("--no-verify", action="store_true", help="skip the parity check (the manifest then records parity: null)")
     _tolerance_options(onnx)
 
@@ -223,6 +228,7 @@ def cmd_onnx(args, console: Console) -> int:
             result = export_artifact(
                 spec, out, dtype=args.dtype, opset=args.opset or DEFAULT_OPSET, seed=args.seed, checkpoint=args.checkpoint,
                 external_data=args.external_data, optimize=not args.no_optimize, int8=args.int8,
+                int8_routes=args.int8_routes, calibration=args.calibration,
                 verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
                 log=console.print, progress=progress,
             )

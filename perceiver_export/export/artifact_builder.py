@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -19,7 +19,9 @@ from ..contract import DTYPES
 from ..errors import ConfigError, ParityError
 from ..verify.parity import ParityReport, require_parity, verify_artifact
 from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
-from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_int8_graph, write_optimized_graph
+from .calibration import read_calibration
+from .int8_routes import applicable_routes, candidate_file, candidate_graph, keep_fastest_int8, write_int8_route
+from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_optimized_graph
 from .versions import library_versions
 
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -60,6 +62,8 @@ def export_artifact(
     external_data: str = "auto",
     optimize: bool = True,
     int8: bool = False,
+    int8_routes: Sequence[str] | None = None,
+    calibration: Sequence[str | Path] | None = None,
     verify: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
@@ -74,11 +78,17 @@ def export_artifact(
     `<out>.rejected` for inspection and ParityError is raised.
 
     optimize writes model.ort.onnx (ONNX Runtime fusions; dropped with a note if it fails
-    parity, the plain graph is then used); int8 writes model.int8.onnx (fails the export if
-    it misses its tolerance).
+    parity, the plain graph is then used); int8 writes model.int8.onnx: each of int8_routes
+    (default: every one that applies, see export/int8_routes.py) is written and verified, and
+    the fastest that passes is kept (the export fails when none passes). calibration: .npz files
+    of real inputs for the static-qdq route.
     """
     if int8 and normalize_dtype(dtype) != "float32":
         raise ConfigError("--int8 quantizes a float32 export: use it with --dtype fp32")
+    if (int8_routes or calibration) and not int8:
+        raise ConfigError("--int8-routes and --calibration choose how the int8 graph is made: add --int8")
+    if int8 and not verify and len(int8_routes or ()) > 1:
+        raise ConfigError("--int8-routes: choosing between routes needs their parity results; name one route with --no-verify")
     start = time.perf_counter()
     dtype = normalize_dtype(dtype)
     out = Path(out)
@@ -88,6 +98,10 @@ def export_artifact(
     log(f"exporting {spec.name} ({spec.module}, {sum(p.numel() for p in model.parameters()):,} parameters, {dtype}, opset {opset})")
     doc = "updated latents" if spec.is_ours else f"output of {spec.module}"
     proto, contract = export_onnx(model, spec.contract(dtype), opset, output_doc=doc)
+    routes = applicable_routes(int8_routes, optimize, bool(calibration)) if int8 else []
+    if int8 and not verify:
+        routes = routes[:1]  # nothing to choose by: the first (with no --int8-routes, "dynamic")
+    calibration_sets = read_calibration(calibration, contract) if int8 and calibration else None
 
     staging = staging_dir_for(out)
     try:
@@ -98,9 +112,11 @@ def export_artifact(
         if optimize and dtype != "bfloat16":  # onnxruntime's CPU kernels have no bfloat16 MatMul
             log("writing the ONNX Runtime graph (fusions)")
             graphs[OPTIMIZED] = write_optimized_graph(staging / "model.onnx", staging / GRAPH_FILES[OPTIMIZED])
-        if int8:
-            log("writing the int8 graph")
-            graphs[INT8] = write_int8_graph(staging / "model.onnx", staging / GRAPH_FILES[INT8])
+        for route in routes:
+            log(f"writing an int8 graph: route {route}")
+            optimized = staging / GRAPH_FILES[OPTIMIZED] if OPTIMIZED in graphs else None
+            name, file = (candidate_graph(route), candidate_file(route)) if verify else (INT8, GRAPH_FILES[INT8])
+            graphs[name] = write_int8_route(route, staging / "model.onnx", optimized, staging / file, calibration_sets)
         files += [staging / f for g in graphs.values() for f in g["files"]]
         manifest = Manifest(
             staging,
@@ -131,6 +147,7 @@ def export_artifact(
         if verify:
             log("verifying against eager PyTorch")
             report = verify_artifact(manifest, atol=atol, rtol=rtol, seed=seed, progress=progress, check_files=False)
+            keep_fastest_int8(manifest, report, GRAPH_FILES[INT8], log)
             _drop_optimized_graph_if_it_alone_failed(manifest, report)
             if not report.passed:
                 rejected = out.parent / f"{out.name}.rejected"
