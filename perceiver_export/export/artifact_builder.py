@@ -18,6 +18,7 @@ from ..config import ModelSpec
 from ..contract import DTYPES
 from ..errors import ConfigError, ParityError
 from ..verify.parity import ParityReport, require_parity, verify_artifact
+from .graph_choice import choose_default_graph, describe, untimed
 from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
 from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_int8_graph, write_optimized_graph
 from .versions import library_versions
@@ -61,6 +62,7 @@ def export_artifact(
     optimize: bool = True,
     int8: bool = False,
     verify: bool = True,
+    time_graphs: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -76,6 +78,9 @@ def export_artifact(
     optimize writes model.ort.onnx (ONNX Runtime fusions; dropped with a note if it fails
     parity, the plain graph is then used); int8 writes model.int8.onnx (fails the export if
     it misses its tolerance).
+
+    time_graphs: after parity, time each graph verified at the artifact's tolerance at the opt shape and record
+    the fastest as the manifest's default_graph (export/graph_choice.py); off, or without verify, it is plain.
     """
     if int8 and normalize_dtype(dtype) != "float32":
         raise ConfigError("--int8 quantizes a float32 export: use it with --dtype fp32")
@@ -124,6 +129,8 @@ def export_artifact(
                 "files": {f.name: file_entry(f) for f in files},
                 "versions": library_versions(),
                 "parity": None,
+                "default_graph": untimed("plain: not timed (--no-verify)" if not verify else
+                                         "plain: not timed (--no-time-graphs)"),
             },
         )
         manifest.write()
@@ -142,6 +149,11 @@ def export_artifact(
                     error = ParityError(f"{e}; {out} was left as it was, the failing artifact is in {rejected}")
                     error.report = report
                     raise error from None
+            if time_graphs:
+                log("timing the verified ONNX Runtime graphs at the opt shape")
+                manifest.data["default_graph"] = choose_default_graph(manifest)
+                manifest.write()
+                log(f"default graph: {describe(manifest.data['default_graph'])}")
         publish_dir(staging, out)
     finally:
         if staging.exists():
