@@ -18,6 +18,7 @@ import numpy as np
 from ..artifact.manifest import Manifest
 from ..machine import cpu_name, cpu_simd_flags
 from ..runtime import load
+from ..runtime.arrays import NUMPY_DTYPES
 from ..verify.grid import Case, case_inputs
 from .ort_graphs import INT8
 
@@ -63,7 +64,8 @@ def time_graphs(manifest: Manifest, graphs: list[str], threads: int, budget_s: f
     contract = manifest.contract
     opt = {a: r.opt for a, r in contract.axes.items()}
     feeds = case_inputs(contract, Case("opt", opt, "random"), np.random.default_rng(seed))
-    feeds = {n: x for n, x in feeds.items() if x is not None}
+    dtype = NUMPY_DTYPES[manifest.dtype]
+    feeds = {n: (x if x.dtype == np.bool_ else x.astype(dtype)) for n, x in feeds.items() if x is not None}
     runners = {g: load(manifest, backend="onnxruntime", check_files=False, graph=g, threads=threads) for g in graphs}
     for runner in runners.values():
         for _ in range(WARMUP):
