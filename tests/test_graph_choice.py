@@ -73,7 +73,7 @@ def test_a_slower_optimized_graph_is_not_the_default(artifact_copy, monkeypatch)
     manifest = read_manifest(artifact_copy)
     entry = graph_choice.choose_default_graph(manifest, threads=1)
     assert entry["graph"] == "plain" and entry["median_ms"] == {"plain": 1.0, "optimized": 1.03}
-    assert describe(entry).startswith("plain (median at batch 2, q_len 8, k_len 8, v_len 8: plain 1 ms, optimized 1.03 ms; 1 threads")
+    assert describe(entry).startswith("plain (median at batch 2, q_len 8, k_len 8, v_len 8: plain 1 ms, optimized 1.03 ms; 1 thread;")
 
 
 def test_inspect_shows_the_choice_and_bench_re_chooses_it(artifact_copy):

@@ -110,5 +110,5 @@ def describe(entry: dict) -> str:
         return f"{entry['graph']} ({entry['chosen_by']})"
     shape = ", ".join(f"{a} {n}" for a, n in (entry.get("shape") or {}).items())
     times = ", ".join(f"{g} {ms:.3g} ms" for g, ms in entry["median_ms"].items())
-    where = "; ".join(x for x in (f"{entry['threads']} threads" if entry.get("threads") else "", entry.get("cpu", "")) if x)
+    where = "; ".join(x for x in (f"{entry['threads']} thread{'s' if entry['threads'] != 1 else ''}" if entry.get("threads") else "", entry.get("cpu", "")) if x)
     return f"{entry['graph']} (median at {shape}: {times}; {where})"
