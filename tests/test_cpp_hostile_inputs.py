@@ -212,6 +212,8 @@ HOSTILE_MANIFEST = {
                                             "file entry '../model.ort.onnx' points outside the artifact", False),
     "a graph's file not listed": (_set("graphs/optimized/files", ["model.ort.onnx", "other.data"]),
                                   "'other.data' of graph 'optimized' is not listed under 'files'", False),
+    "a graph named plain": (_set("graphs/plain", {"file": "model.onnx"}),
+                            "'graphs' may not name a graph 'plain' (that is model.onnx)", True),
     "schema version 3": (_set("schema_version", 3), "schema_version 3 is not supported (this version reads 1 to 2)", True),
 }
 

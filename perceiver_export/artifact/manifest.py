@@ -141,19 +141,17 @@ def _validator():
     return Draft202012Validator(MANIFEST_SCHEMA)
 
 
-# How to read a manifest of an earlier schema version: UPGRADES[n] turns a version-n document into version n + 1
-# (in memory; the file is not rewritten). Bump SCHEMA_VERSION whenever export writes a different manifest, and add
-# the step from the previous version here, or leave it out to refuse that version with "re-export".
-# tests/fixtures/artifact-v1/ is a version-1 artifact kept as it was written: it must keep loading, or be refused
-# with that message.
-
-
 def _from_version_1(data: dict) -> dict:
     """Version 2 added "default_graph". Version 1's rule: the optimized graph where there is one, else plain."""
     graph = "optimized" if "optimized" in (data.get("graphs") or {}) else "plain"
     return {**data, "schema_version": 2, "default_graph": {"graph": graph, "chosen_by": "schema 1 rule"}}
 
 
+# How to read a manifest of an earlier schema version: UPGRADES[n] turns a version-n document into version n + 1
+# (in memory; the file is not rewritten). Bump SCHEMA_VERSION whenever export writes a different manifest, and add
+# the step from the previous version here, or leave it out to refuse that version with "re-export".
+# tests/fixtures/artifact-v1/ is a version-1 artifact kept as it was written: it must keep loading, or be refused
+# with that message.
 UPGRADES: dict[int, Callable[[dict], dict]] = {1: _from_version_1}
 
 
@@ -215,6 +213,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         entry = data.get(key)
         if not isinstance(entry, dict) or entry.get("file") not in data["files"]:
             raise ArtifactError(f"{path}: {key!r} must name a file listed under 'files'")
+    if "plain" in manifest.graphs:
+        raise ArtifactError(f"{path}: 'graphs' may not name a graph 'plain' (that is model.onnx)")
     if manifest.default_graph != "plain" and manifest.default_graph not in manifest.graphs:
         raise ArtifactError(f"{path}: default_graph {manifest.default_graph!r} is not one of its graphs "
                             f"(plain{''.join(', ' + g for g in manifest.graphs)})")
