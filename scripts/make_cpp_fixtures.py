@@ -2,8 +2,10 @@
 
     python scripts/make_cpp_fixtures.py OUT_DIR
 
-The C++ runtime must reproduce the Python ONNX Runtime runner's outputs on the parity grid and
-raise the same messages as the Python input check on the same bad inputs. A second artifact, of a
+The C++ runtime must reproduce the Python ONNX Runtime runner's outputs on the parity grid for every graph of the
+artifact (plain, optimized, int8: p{i}_out_{graph}.npy; p{i}_out.npy is plain's, p{i}_out_default.npy the manifest's
+default graph's), start from the same default graph, and raise the same messages as the Python input check on the
+same bad inputs and the same refusal of a graph the artifact does not have. A second artifact, of a
 user's module whose output is (batch, k_len + v_len, dim) (models/custom_layers.py), shows the same
 contract carrying another output shape to C++.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_export import ArtifactError, InputError, runtime
+from perceiver_export import ArtifactError, BackendUnavailableError, InputError, runtime
 from perceiver_export.config import load_spec
 from perceiver_export.export.artifact_builder import export_artifact
 from perceiver_export.verify.grid import case_inputs, parity_cases
@@ -46,20 +48,37 @@ def bad_inputs(rng) -> dict[str, dict[str, np.ndarray]]:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    result = export_artifact(load_spec("perceiver-tiny"), out / "artifact", verify=False)
-    runner = runtime.load(result.directory, threads=1, graph="plain")  # the graph the C++ runtime runs
+    # Verified, so that the default graph is chosen by timing as in any export (with int8: every graph exists).
+    result = export_artifact(load_spec("perceiver-tiny"), out / "artifact", int8=True)
+    graphs = ["plain", *result.manifest.graphs]
+    runners = {g: runtime.load(result.directory, threads=1, graph=g) for g in graphs}
+    runner = runners["plain"]
+    default = result.manifest.default_graph
     rng = np.random.default_rng(0)
     parity = []
     for i, case in enumerate(parity_cases(runner.contract)):
         feeds = case_inputs(runner.contract, case, rng)
-        entry = {"name": case.name}
+        entry = {"name": case.name, "expected_by_graph": {}}
         for name, value in feeds.items():
             if value is not None:
                 np.save(out / f"p{i}_{name}.npy", value)
                 entry[name] = f"p{i}_{name}.npy"
-        np.save(out / f"p{i}_out.npy", runner.infer(feeds))
+        for graph, graph_runner in runners.items():
+            expected = graph_runner.infer(feeds)
+            np.save(out / f"p{i}_out_{graph}.npy", expected)
+            entry["expected_by_graph"][graph] = f"p{i}_out_{graph}.npy"
+            if graph == "plain":
+                np.save(out / f"p{i}_out.npy", expected)
+            if graph == default:
+                np.save(out / f"p{i}_out_default.npy", expected)
         entry["expected"] = f"p{i}_out.npy"
         parity.append(entry)
+    try:
+        runtime.load(result.directory, graph="nope")
+    except BackendUnavailableError as e:
+        unknown_graph = {"graph": "nope", "message": str(e)}
+    else:
+        raise SystemExit("an unknown graph was accepted by Python")
     errors = []
     for i, (label, feeds) in enumerate(bad_inputs(rng).items()):
         try:
@@ -78,17 +97,20 @@ def main(out: Path) -> None:
         copy = out / f"damaged-{label.replace(' ', '-')}"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(result.directory, copy)
-        damage(copy / "model.onnx")
+        graph, file = DAMAGED_GRAPH.get(label, ("plain", "model.onnx"))
+        damage(copy / file)
         try:
-            runtime.load(copy, graph="plain")
+            runtime.load(copy, graph=graph)
         except ArtifactError as e:
-            damaged.append({"name": label, "artifact": copy.name, "message": str(e)})
+            damaged.append({"name": label, "artifact": copy.name, "graph": graph, "message": str(e)})
         else:
             raise SystemExit(f"damaged artifact {label!r} was accepted by Python")
     user_module(out, rng)
-    cases = {"artifact": "artifact", "parity": parity, "errors": errors, "damaged": damaged}
+    cases = {"artifact": "artifact", "graphs": graphs, "default_graph": default, "unknown_graph": unknown_graph,
+             "parity": parity, "errors": errors, "damaged": damaged}
     (out / "cases.json").write_text(json.dumps(cases, indent=1, ensure_ascii=False))
-    print(f"wrote {len(parity)} parity, {len(errors)} error and {len(damaged)} damaged-artifact cases to {out}")
+    print(f"wrote {len(parity)} parity cases for each of {', '.join(graphs)} (default {default}), {len(errors)} error and "
+          f"{len(damaged)} damaged-artifact cases to {out}")
 
 
 def user_module(out: Path, rng) -> None:
@@ -113,7 +135,10 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-DAMAGE = {"truncated model.onnx": _truncate, "corrupted model.onnx": _flip, "missing model.onnx": Path.unlink}
+DAMAGE = {"truncated model.onnx": _truncate, "corrupted model.onnx": _flip, "missing model.onnx": Path.unlink,
+          "corrupted model.ort.onnx": _flip, "truncated model.int8.onnx": _truncate}
+DAMAGED_GRAPH = {"corrupted model.ort.onnx": ("optimized", "model.ort.onnx"),  # label -> the graph asked for, its file
+                 "truncated model.int8.onnx": ("int8", "model.int8.onnx")}
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_bench_cli_writes_json_and_png(bench_data, tmp_path):
     assert bad.returncode == 3 and "unknown bench backend(s) ['tensorflow']" in bad.stderr
 
 
-def test_int8_graph_passes_its_scale_tolerance_and_optimized_graph_is_the_default(tmp_path, tiny_spec):
+def test_int8_graph_passes_its_scale_tolerance_and_the_default_graph_is_the_timed_choice(tmp_path, tiny_spec):
     from perceiver_export import runtime
     from perceiver_export.export.artifact_builder import export_artifact
 
@@ -126,7 +126,10 @@ def test_int8_graph_passes_its_scale_tolerance_and_optimized_graph_is_the_defaul
     assert all(r.tolerance.scale_atol == 0.1 for r in by["onnxruntime-int8"])
     assert 1e-3 < max(r.comparison.max_abs_over_scale for r in by["onnxruntime-int8"]) < 0.1
     assert max(r.comparison.max_abs for r in by["onnxruntime-optimized"]) < 1e-5
-    assert runtime.load(result.directory).backend == "onnxruntime-optimized"
+    chosen = result.manifest.data["default_graph"]
+    assert set(chosen["median_ms"]) == {"plain", "optimized"}  # int8 is never timed nor chosen
+    assert chosen["graph"] == min(["plain", "optimized"], key=lambda g: (chosen["median_ms"][g], g != "plain"))
+    assert runtime.load(result.directory).graph == chosen["graph"]
     assert runtime.load(result.directory, graph="plain").backend == "onnxruntime"
 
 

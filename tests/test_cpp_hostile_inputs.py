@@ -205,6 +205,16 @@ HOSTILE_MANIFEST = {
                                 r"does not match the manifest schema at onnx/file: " + '"model.onnx\\\\u0000.txt" contains a '
                                 "control character", True),
     "nested 100 levels": (_nest, "JSON nested deeper than 64 levels", False),
+    "default graph not among its graphs": (_set("default_graph/graph", "nope"),
+                                          "default_graph 'nope' is not one of its graphs (plain, optimized)", True),
+    "no default graph in schema 2": (lambda m: m.pop("default_graph"), "missing keys ['default_graph']", True),
+    "a graph's file outside the artifact": (_set("graphs/optimized/file", "../model.ort.onnx"),
+                                            "file entry '../model.ort.onnx' points outside the artifact", False),
+    "a graph's file not listed": (_set("graphs/optimized/files", ["model.ort.onnx", "other.data"]),
+                                  "'other.data' of graph 'optimized' is not listed under 'files'", False),
+    "a graph named plain": (_set("graphs/plain", {"file": "model.onnx"}),
+                            "'graphs' may not name a graph 'plain' (that is model.onnx)", True),
+    "schema version 3": (_set("schema_version", 3), "schema_version 3 is not supported (this version reads 1 to 2)", True),
 }
 
 

@@ -97,7 +97,7 @@ def test_external_data_pair_is_hashed_and_runs(tmp_path, tiny_spec):
     ends = [int(e.value) for i in big for e in i.external_data if e.key in ("offset", "length")]
     assert (d / "model.onnx.data").stat().st_size >= max(ends) > 10_000
     feeds = (np.ones((1, 2, 32), np.float32), np.ones((1, 3, 32), np.float32), np.ones((1, 4, 32), np.float32))
-    plain, optimized = load(d, graph="plain")(*feeds), load(d)(*feeds)
+    plain, optimized = load(d, graph="plain")(*feeds), load(d, graph="optimized")(*feeds)
     assert plain.shape == (1, 2, 32)
     np.testing.assert_allclose(optimized, plain, atol=1e-5)
 

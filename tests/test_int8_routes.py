@@ -11,7 +11,7 @@ import pytest
 from perceiver_export.errors import ConfigError, InputError
 from perceiver_export.export.artifact_builder import export_artifact
 from perceiver_export.export.calibration import CalibrationReader, read_calibration
-from perceiver_export.export.int8_routes import applicable_routes, time_interleaved
+from perceiver_export.export.int8_routes import applicable_routes
 
 
 def _calibration(path, rng, batch=4, q=8, k=8, v=8, dim=32, **extra):
@@ -108,10 +108,3 @@ def test_calibration_without_int8_and_bad_calibration_files_are_refused(tmp_path
     while (b := reader.get_next()) is not None:
         shapes.append(b["q"].shape)
     assert shapes == [(3, 8, 32), (1, 8, 32)]
-
-
-def test_interleaved_timing_returns_a_median_per_run():
-    calls = []
-    medians = time_interleaved({"a": lambda f: calls.append("a"), "b": lambda f: calls.append("b")}, {}, budget_s=0.0)
-    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
-    assert calls[:2] == ["a", "b"] and calls[2:8] == ["a", "b"] * 3  # warm-up, then three rounds in turns

@@ -34,7 +34,9 @@ def rewrite(directory: Path, **changes) -> None:
 
 def test_the_kept_version_1_artifact_loads_and_passes_parity(copy):
     manifest = read_manifest(copy)
-    assert manifest.data["schema_version"] == 1 == SCHEMA_VERSION
+    assert manifest.data["schema_version"] == 2 == SCHEMA_VERSION  # upgraded in memory
+    assert manifest.data["default_graph"] == {"graph": "plain", "chosen_by": "schema 1 rule"}
+    assert json.loads((copy / "manifest.json").read_text())["schema_version"] == 1
     manifest.check_files()
     report = verify_artifact(copy, write=False)
     assert report.passed
@@ -46,9 +48,9 @@ def test_the_kept_version_1_artifact_loads_and_passes_parity(copy):
 
 
 @pytest.mark.parametrize("version,message", [
-    (SCHEMA_VERSION + 1, r"schema_version 2 is not supported \(this version reads 1\): the artifact was written by a "
+    (SCHEMA_VERSION + 1, r"schema_version 3 is not supported \(this version reads 2\): the artifact was written by a "
                          r"newer perceiver-export than this one \(0\.1\.0\); upgrade it \(`pip install -U perceiver-export`\)"),
-    (0, r"schema_version 0 is not supported \(this version reads 1\): the artifact was written by an older "
+    (0, r"schema_version 0 is not supported \(this version reads 2\): the artifact was written by an older "
         r"perceiver-export that this one \(0\.1\.0\) cannot read; re-export the model"),
     ("1", r"schema_version must be an integer, got '1'"),
 ])
@@ -63,5 +65,22 @@ def test_an_upgrade_step_reads_an_older_version(copy, monkeypatch):
     rewrite(copy, schema_version=0, name="old-name")
     monkeypatch.setitem(manifest_module.UPGRADES, 0, lambda d: {**d, "schema_version": 1, "name": "upgraded"})
     manifest = read_manifest(copy)
-    assert (manifest.data["schema_version"], manifest.data["name"]) == (1, "upgraded")
+    assert (manifest.data["schema_version"], manifest.data["name"]) == (2, "upgraded")  # then on through UPGRADES[1]
     assert json.loads((copy / "manifest.json").read_text())["schema_version"] == 0  # read in memory, not rewritten
+
+
+@pytest.mark.parametrize("graphs,default", [({}, "plain"), ({"optimized": {"file": "model.ort.onnx"}}, "optimized"),
+                                            ({"int8": {"file": "model.int8.onnx"}}, "plain")])
+def test_version_1_default_graph_is_its_own_rule(graphs, default):
+    """Version 1 had no default_graph: its runner took the optimized graph where there was one, never int8."""
+    upgraded = manifest_module.UPGRADES[1]({"schema_version": 1, "graphs": graphs})
+    assert upgraded["schema_version"] == 2
+    assert upgraded["default_graph"] == {"graph": default, "chosen_by": "schema 1 rule"}
+
+
+def test_a_default_graph_the_artifact_does_not_have_is_refused(copy):
+    path = copy / "manifest.json"
+    data = read_manifest(copy).data
+    path.write_text(json.dumps({**data, "default_graph": {"graph": "optimized", "chosen_by": "hand-edited"}}))
+    with pytest.raises(ArtifactError, match=r"default_graph 'optimized' is not one of its graphs \(plain\)"):
+        read_manifest(copy)

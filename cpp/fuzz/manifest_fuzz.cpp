@@ -1,6 +1,6 @@
 // libFuzzer target: any bytes as manifest.json give a Manifest or perceiver::ArtifactError. A manifest that parses
 // has a contract that accepts inputs with every axis at its opt size and refuses them when one grows past max, with
-// InputError. Anything else (another exception, a crash, a leak, a huge allocation, a sanitizer report) is a finding.
+// InputError, and its default graph is one of its graphs, each of whose files is listed. Anything else (another exception, a crash, a leak, a huge allocation, a sanitizer report) is a finding.
 #include <cstdint>
 #include <string_view>
 
@@ -47,5 +47,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     return 0;
   }
   check_contract(manifest.contract);
+  const auto chosen = manifest.graphs.find(manifest.default_graph);
+  if (chosen == manifest.graphs.end() || manifest.graph_names.size() != manifest.graphs.size()) __builtin_trap();
+  for (const auto& [name, graph] : manifest.graphs)
+    for (const auto& file : graph.files)
+      if (!manifest.files.count(file)) __builtin_trap();
   return 0;
 }

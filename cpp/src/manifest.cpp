@@ -18,9 +18,10 @@ namespace {
 using json = nlohmann::ordered_json;  // keeps the manifest's axis order
 
 constexpr const char* kSchema = "perceiver-export/manifest";
-constexpr int kSchemaVersion = 1;
+constexpr int kOldestSchemaVersion = 1, kSchemaVersion = 2;  // 2 added default_graph
 constexpr const char* kRequiredKeys[] = {"schema", "schema_version", "name", "model", "dtype", "opset", "contract", "onnx", "files"};
-constexpr const char* kReadKeys[] = {"schema", "schema_version", "dtype", "contract", "onnx", "files"};
+constexpr const char* kReadKeys[] = {"schema", "schema_version", "dtype", "contract", "onnx", "files", "graphs", "default_graph"};
+constexpr const char* kPlain = "plain";  // model.onnx's name among the graphs
 constexpr std::size_t kMaxDepth = 64;        // nlohmann's serializer recurses; a manifest is 5 levels deep
 constexpr std::size_t kMaxValues = 1 << 16;  // what the DOM may hold (a manifest has a few hundred values)
 constexpr std::size_t kMaxName = 256;
@@ -164,6 +165,12 @@ class Checker {
 
 }  // namespace
 
+std::string graph_list(const Manifest& manifest) {
+  std::string list;
+  for (const auto& name : manifest.graph_names) list += (list.empty() ? "" : ", ") + printable(name, 80);
+  return list;
+}
+
 void check_manifest_size(uint64_t bytes, const std::string& where) {
   if (bytes > kMaxManifestBytes)
     Checker(where).fail(std::to_string(bytes) + " bytes, larger than the " + std::to_string(kMaxManifestBytes) + " allowed");
@@ -192,9 +199,10 @@ Manifest parse_manifest(std::string_view text, const std::string& where) {
     if (!top_level.count(key)) missing += (missing.empty() ? "'" : ", '") + std::string(key) + "'";
   if (!missing.empty()) check.fail("missing keys [" + missing + "]");
   if (m.at("schema") != kSchema) check.fail("schema " + Checker::shown(m.at("schema")) + " is not '" + kSchema + "'");
-  if (m.at("schema_version") != kSchemaVersion)
-    check.fail("schema_version " + Checker::shown(m.at("schema_version")) + " is not supported (this version reads " +
-               std::to_string(kSchemaVersion) + ")");
+  const json& version = m.at("schema_version");
+  if (!version.is_number_integer() || version < kOldestSchemaVersion || version > kSchemaVersion)
+    check.fail("schema_version " + Checker::shown(version) + " is not supported (this version reads " +
+               std::to_string(kOldestSchemaVersion) + " to " + std::to_string(kSchemaVersion) + ")");
 
   Manifest out;
   out.dtype = dtype_name(check.dtype(m.at("dtype"), "dtype", false));
@@ -212,6 +220,37 @@ Manifest parse_manifest(std::string_view text, const std::string& where) {
     check.inside_artifact(*out.external_data);
     if (!out.files.count(*out.external_data))
       check.fail("'" + printable(*out.external_data) + "' is not listed under 'files'");
+  }
+  out.graphs[kPlain] = {out.onnx_file, {out.onnx_file}};
+  out.graph_names.push_back(kPlain);
+  if (out.external_data) out.graphs[kPlain].files.push_back(*out.external_data);
+  if (m.contains("graphs")) {
+    for (const auto& [name, entry] : check.object(m.at("graphs"), "graphs", 16).items()) {
+      const std::string at = "graphs/" + printable(name, 80);
+      check.name(json(name), at);
+      if (name == kPlain) check.fail("'graphs' may not name a graph 'plain' (that is model.onnx)");
+      check.object(entry, at, 64);
+      Graph graph{check.name(check.member(entry, "file", at), at + "/file"), {}};
+      if (entry.contains("files")) {
+        const json& files = check.array(entry.at("files"), at + "/files", 1, 64);
+        for (std::size_t i = 0; i < files.size(); ++i) graph.files.push_back(check.name(files[i], at + "/files/" + std::to_string(i)));
+      }
+      if (std::find(graph.files.begin(), graph.files.end(), graph.file) == graph.files.end()) graph.files.push_back(graph.file);
+      for (const auto& file : graph.files) {
+        check.inside_artifact(file);
+        if (!out.files.count(file)) check.fail("'" + printable(file) + "' of graph '" + printable(name) + "' is not listed under 'files'");
+      }
+      if (out.graphs.emplace(name, std::move(graph)).second) out.graph_names.push_back(name);
+    }
+  }
+  if (version == 1) {  // schema 1 had no default_graph; its rule, as Python's upgrade step reads it
+    out.default_graph = out.graphs.count("optimized") ? "optimized" : kPlain;
+  } else {
+    if (!top_level.count("default_graph")) check.fail("missing keys ['default_graph']");
+    const json& chosen = check.object(m.at("default_graph"), "default_graph", 64);
+    out.default_graph = check.name(check.member(chosen, "graph", "default_graph"), "default_graph/graph");
+    if (!out.graphs.count(out.default_graph))
+      check.fail("default_graph '" + printable(out.default_graph) + "' is not one of its graphs (" + graph_list(out) + ")");
   }
   return out;
 }

@@ -117,6 +117,7 @@ void append_providers(Ort::SessionOptions& so, const std::vector<std::string>& p
 struct Runtime::Impl {
   Contract contract;
   std::string dtype;
+  std::string graph;
   std::unique_ptr<Ort::Session> session;
 };
 
@@ -125,10 +126,14 @@ Runtime::Runtime(const std::string& artifact_dir, const Options& options) : impl
   const Manifest manifest = read_manifest(dir, artifact_dir);
   impl_->contract = manifest.contract;
   impl_->dtype = manifest.dtype;
+  impl_->graph = options.graph.empty() ? manifest.default_graph : options.graph;
+  const auto graph = manifest.graphs.find(impl_->graph);
+  if (graph == manifest.graphs.end())  // Python's message (runtime/onnxrt/runner.py)
+    throw BackendUnavailableError(printable(artifact_dir) + " has no '" + printable(impl_->graph, 80) + "' graph; it has: " +
+                                  graph_list(manifest));
   // The graph (and its external data) must be the bytes that were exported and verified.
-  check_file(dir, manifest, manifest.onnx_file);
-  if (manifest.external_data) check_file(dir, manifest, *manifest.external_data);
-  const fs::path model = dir / manifest.onnx_file;
+  for (const auto& file : graph->second.files) check_file(dir, manifest, file);
+  const fs::path model = dir / graph->second.file;
   Ort::SessionOptions so;
   if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
   append_providers(so, options.providers);
@@ -139,6 +144,7 @@ Runtime::~Runtime() = default;
 
 const Contract& Runtime::contract() const { return impl_->contract; }
 const std::string& Runtime::dtype() const { return impl_->dtype; }
+const std::string& Runtime::graph() const { return impl_->graph; }
 
 Tensor Runtime::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView* mask) const {
   const Contract& c = impl_->contract;

@@ -1,5 +1,7 @@
 // C++ runtime tests, driven by fixtures from scripts/make_cpp_fixtures.py:
-//   runtime_tests FIXTURES parity    outputs match Python's ONNX Runtime runner on the parity grid
+//   runtime_tests FIXTURES parity [GRAPH]   outputs of GRAPH (default: the manifest's choice) match Python's ONNX
+//                                           Runtime runner of the same graph on the parity grid
+//   runtime_tests FIXTURES graphs    the default graph is the manifest's, an unknown one is refused with Python's message
 //   runtime_tests FIXTURES errors    bad inputs raise InputError with Python's exact message
 //   runtime_tests FIXTURES damaged   a damaged model.onnx is refused with Python's exact message, before ONNX Runtime parses it
 //   runtime_tests FIXTURES threads   8 threads x 200 run() calls give results identical to serial calls
@@ -33,7 +35,8 @@ struct Case {
   std::string message;
 };
 
-std::vector<Case> read_cases(const std::string& dir, const std::string& section) {
+// The parity section's expected outputs are per graph ("expected_by_graph"); graph "" reads "expected" (plain's).
+std::vector<Case> read_cases(const std::string& dir, const std::string& section, const std::string& graph = "") {
   std::ifstream in(dir + "/cases.json");
   json j = json::parse(in);
   std::vector<Case> cases;
@@ -42,7 +45,8 @@ std::vector<Case> read_cases(const std::string& dir, const std::string& section)
            perceiver::npy::load(dir + "/" + c.at("k").get<std::string>()), perceiver::npy::load(dir + "/" + c.at("v").get<std::string>()),
            std::nullopt, std::nullopt, c.value("message", "")};
     if (c.contains("mask")) x.mask = perceiver::npy::load(dir + "/" + c.at("mask").get<std::string>());
-    if (c.contains("expected")) x.expected = perceiver::npy::load(dir + "/" + c.at("expected").get<std::string>());
+    if (!graph.empty()) x.expected = perceiver::npy::load(dir + "/" + c.at("expected_by_graph").at(graph).get<std::string>());
+    else if (c.contains("expected")) x.expected = perceiver::npy::load(dir + "/" + c.at("expected").get<std::string>());
     cases.push_back(std::move(x));
   }
   return cases;
@@ -63,10 +67,13 @@ double max_abs_diff(const float* a, const float* b, std::size_t n) {
   return worst;
 }
 
-int parity(const std::string& dir) {
-  perceiver::Runtime rt(dir + "/artifact");
+int parity(const std::string& dir, const std::string& graph) {
+  perceiver::Options options;
+  options.graph = graph;
+  perceiver::Runtime rt(dir + "/artifact", options);
+  std::cout << "graph " << rt.graph() << "\n";
   int failures = 0;
-  for (const auto& c : read_cases(dir, "parity")) {
+  for (const auto& c : read_cases(dir, "parity", rt.graph())) {
     auto out = run(rt, c);
     const auto& e = *c.expected;
     if (out.shape != e.shape) {
@@ -106,7 +113,9 @@ int damaged(const std::string& dir) {
   int failures = 0;
   for (const auto& c : j.at("damaged")) {
     try {
-      perceiver::Runtime rt(dir + "/" + c.at("artifact").get<std::string>());
+      perceiver::Options options;
+      options.graph = c.at("graph").get<std::string>();
+      perceiver::Runtime rt(dir + "/" + c.at("artifact").get<std::string>(), options);
       std::cout << "FAIL " << c.at("name").get<std::string>() << ": accepted\n";
       ++failures;
     } catch (const perceiver::ArtifactError& e) {
@@ -115,6 +124,31 @@ int damaged(const std::string& dir) {
       std::cout << (same ? "ok   " : "FAIL ") << e.what() << "\n";
       if (!same) std::cout << "     Python: " << c.at("message").get<std::string>() << "\n";
     }
+  }
+  return failures;
+}
+
+int graphs(const std::string& dir) {
+  std::ifstream in(dir + "/cases.json");
+  json j = json::parse(in);
+  int failures = 0;
+  perceiver::Runtime rt(dir + "/artifact");
+  const bool same_default = rt.graph() == j.at("default_graph").get<std::string>();
+  failures += !same_default;
+  std::cout << (same_default ? "ok   " : "FAIL ") << "default graph " << rt.graph() << ", the manifest's "
+            << j.at("default_graph").get<std::string>() << "\n";
+  const auto& unknown = j.at("unknown_graph");
+  try {
+    perceiver::Options options;
+    options.graph = unknown.at("graph").get<std::string>();
+    perceiver::Runtime bad(dir + "/artifact", options);
+    std::cout << "FAIL graph '" << options.graph << "' was accepted\n";
+    ++failures;
+  } catch (const perceiver::BackendUnavailableError& e) {
+    const bool same = unknown.at("message").get<std::string>() == e.what();
+    failures += !same;
+    std::cout << (same ? "ok   " : "FAIL ") << e.what() << "\n";
+    if (!same) std::cout << "     Python: " << unknown.at("message").get<std::string>() << "\n";
   }
   return failures;
 }
@@ -171,11 +205,12 @@ int compare(const std::string& a_path, const std::string& b_path) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: runtime_tests FIXTURES parity|errors|threads|compare A B\n";
+    std::cerr << "usage: runtime_tests FIXTURES parity [GRAPH]|graphs|errors|damaged|threads|providers|compare A B\n";
     return 2;
   }
   const std::string dir = argv[1], what = argv[2];
-  int failures = what == "parity"  ? parity(dir)
+  int failures = what == "parity"  ? parity(dir, argc > 3 ? argv[3] : "")
+                 : what == "graphs" ? graphs(dir)
                  : what == "errors" ? errors(dir)
                  : what == "threads" ? threads(dir)
                  : what == "damaged" ? damaged(dir)

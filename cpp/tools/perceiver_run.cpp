@@ -1,4 +1,4 @@
-// perceiver_run DIR --q q.npy --k k.npy --v v.npy [--mask m.npy] --out out.npy [--repeat N] [--threads N]
+// perceiver_run DIR --q q.npy --k k.npy --v v.npy [--mask m.npy] --out out.npy [--repeat N] [--threads N] [--graph NAME]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,7 +23,8 @@ std::optional<int> count(const std::string& text, int lo, int hi) {
 
 int main(int argc, char** argv) {
   const char* usage =
-      "usage: perceiver_run DIR --q q.npy --k k.npy --v v.npy [--mask m.npy] --out out.npy [--repeat N] [--threads N]\n";
+      "usage: perceiver_run DIR --q q.npy --k k.npy --v v.npy [--mask m.npy] --out out.npy [--repeat N] [--threads N]\n"
+      "                     [--graph NAME]   plain, optimized, int8 (default: the manifest's default_graph)\n";
   if (argc < 2) {
     std::cerr << usage;
     return 2;
@@ -31,7 +32,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> args;
   for (int i = 2; i < argc; ++i) {
     std::string key = argv[i];
-    static const std::set<std::string> known{"--q", "--k", "--v", "--mask", "--out", "--repeat", "--threads"};
+    static const std::set<std::string> known{"--q", "--k", "--v", "--mask", "--out", "--repeat", "--threads", "--graph"};
     if (!known.count(key) || i + 1 >= argc) {
       std::cerr << usage;
       return 2;
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   try {
     perceiver::Options options;
     options.intra_op_threads = *threads;
+    if (args.count("graph")) options.graph = args["graph"];
     perceiver::Runtime runtime(argv[1], options);
     auto q = perceiver::npy::load(args["q"]), k = perceiver::npy::load(args["k"]), v = perceiver::npy::load(args["v"]);
     std::optional<perceiver::npy::Array> mask;
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
     }
     perceiver::npy::save(args["out"], out.dtype, out.shape, out.bytes.data(), out.bytes.size());
     std::sort(ms.begin(), ms.end());
+    std::printf("graph: %s\n", runtime.graph().c_str());
     std::printf("latency over %d run(s): median %.3f ms, min %.3f ms, max %.3f ms\n", *repeat, ms[ms.size() / 2], ms.front(), ms.back());
     return 0;
   } catch (const perceiver::InputError& e) {  // also a malformed .npy file

@@ -16,7 +16,7 @@ from .atomic import atomic_write_text
 
 MANIFEST = "manifest.json"
 SCHEMA = "perceiver-export/manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a manifest is metadata; anything bigger is not ours
 REQUIRED_KEYS = ("schema", "schema_version", "name", "model", "dtype", "opset", "contract", "onnx", "files")
 
@@ -74,6 +74,12 @@ class Manifest:
     def graphs(self) -> dict[str, dict]:
         """ONNX Runtime variants of model.onnx that passed parity ("optimized", "int8"), by name."""
         return self.data.get("graphs") or {}
+
+    @property
+    def default_graph(self) -> str:
+        """The graph the ONNX Runtime runner and the C++ runtime run unless told otherwise: "plain" or a name in
+        `graphs`, chosen at export by timing the verified graphs (export/graph_choice.py)."""
+        return self.data["default_graph"]["graph"]
 
     @property
     def engines(self) -> dict[str, dict]:
@@ -135,12 +141,18 @@ def _validator():
     return Draft202012Validator(MANIFEST_SCHEMA)
 
 
+def _from_version_1(data: dict) -> dict:
+    """Version 2 added "default_graph". Version 1's rule: the optimized graph where there is one, else plain."""
+    graph = "optimized" if "optimized" in (data.get("graphs") or {}) else "plain"
+    return {**data, "schema_version": 2, "default_graph": {"graph": graph, "chosen_by": "schema 1 rule"}}
+
+
 # How to read a manifest of an earlier schema version: UPGRADES[n] turns a version-n document into version n + 1
 # (in memory; the file is not rewritten). Bump SCHEMA_VERSION whenever export writes a different manifest, and add
 # the step from the previous version here, or leave it out to refuse that version with "re-export".
 # tests/fixtures/artifact-v1/ is a version-1 artifact kept as it was written: it must keep loading, or be refused
 # with that message.
-UPGRADES: dict[int, Callable[[dict], dict]] = {}
+UPGRADES: dict[int, Callable[[dict], dict]] = {1: _from_version_1}
 
 
 def _upgrade(data: dict, path: Path) -> dict:
@@ -201,4 +213,9 @@ def read_manifest(directory: str | Path) -> Manifest:
         entry = data.get(key)
         if not isinstance(entry, dict) or entry.get("file") not in data["files"]:
             raise ArtifactError(f"{path}: {key!r} must name a file listed under 'files'")
+    if "plain" in manifest.graphs:
+        raise ArtifactError(f"{path}: 'graphs' may not name a graph 'plain' (that is model.onnx)")
+    if manifest.default_graph != "plain" and manifest.default_graph not in manifest.graphs:
+        raise ArtifactError(f"{path}: default_graph {manifest.default_graph!r} is not one of its graphs "
+                            f"(plain{''.join(', ' + g for g in manifest.graphs)})")
     return manifest

@@ -1,4 +1,4 @@
-"""JSON Schema of manifest.json (schema_version 1): an artifact from elsewhere is untrusted input."""
+"""JSON Schema of manifest.json (schema_version 2): an artifact from elsewhere is untrusted input."""
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 256}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -21,10 +21,11 @@ _TENSOR = {
 MANIFEST_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "required": ["schema", "schema_version", "name", "model", "dtype", "opset", "contract", "onnx", "weights", "files"],
+    "required": ["schema", "schema_version", "name", "model", "dtype", "opset", "contract", "onnx", "weights", "files",
+                 "default_graph"],
     "properties": {
         "schema": {"const": "perceiver-export/manifest"},
-        "schema_version": {"const": 1},
+        "schema_version": {"const": 2},
         "name": _NAME,
         "model": {"type": "object", "required": ["class", "config"], "properties": {
             "class": {"type": "string", "maxLength": 256, "pattern": r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$"},
@@ -53,6 +54,21 @@ MANIFEST_SCHEMA = {
         },
         "graphs": {"type": "object", "maxProperties": 16,
                    "additionalProperties": {"type": "object", "required": ["file"], "properties": {"file": _NAME}}},
+        # The graph runners start from, and the timings that chose it (export/graph_choice.py).
+        "default_graph": {
+            "type": "object",
+            "required": ["graph", "chosen_by"],
+            "properties": {
+                "graph": _NAME,
+                "chosen_by": {"type": "string", "maxLength": 256},
+                "shape": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "integer", "minimum": 1}},
+                "median_ms": {"type": "object", "maxProperties": 17,
+                              "additionalProperties": {"type": "number", "minimum": 0}},
+                "threads": {"type": "integer", "minimum": 1},
+                "cpu": {"type": "string", "maxLength": 256},
+                "simd": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 64}},
+            },
+        },
         "engines": {"type": "object", "maxProperties": 64,
                     "additionalProperties": {"type": "object", "required": ["file", "flavor", "version", "profiles"]}},
         "parity": {"type": ["object", "null"]},

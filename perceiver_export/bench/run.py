@@ -15,6 +15,7 @@ import numpy as np
 
 from ..artifact.manifest import read_manifest
 from ..errors import BackendUnavailableError, ConfigError
+from ..machine import cpu_name, cpu_simd_flags
 from ..model.module_ref import OURS
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
@@ -38,29 +39,6 @@ class BenchSettings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
     explicit: Sequence[str] = ()  # backends the user named (run even where a default would skip them)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_simd_flags() -> list[str]:
-    """The vector-extension flags that decide which reduced-precision kernels exist (Linux)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def point_inputs(manifest, point: Point, rng: np.random.Generator) -> dict:

@@ -12,6 +12,7 @@ from rich.table import Table
 from ..artifact.manifest import Manifest
 from ..engines.commands import polygraphy_convert_command, trtexec_command
 from ..errors import PerceiverExportError
+from ..export.graph_choice import describe
 
 
 def op_histogram(manifest: Manifest) -> Counter:
@@ -59,6 +60,9 @@ def print_inspect(manifest: Manifest, console: Console, layers: bool = True) -> 
     else:
         console.print(f"parity: {'passed' if parity['passed'] else 'FAILED'} on {', '.join(parity['backends'])}, "
                       f"worst max abs {parity['worst_max_abs']:.2e}")
+    graphs = [f"plain ({manifest.onnx_path.name})"] + [f"{n} ({g['file']})" for n, g in manifest.graphs.items()]
+    console.print(f"graphs: {', '.join(graphs)}", highlight=False)
+    console.print(f"default graph: {describe(d['default_graph'])}", highlight=False)
     if not manifest.engines:
         console.print("engines: none (build with `python -m perceiver_export trt DIR`)")
     for name, e in manifest.engines.items():

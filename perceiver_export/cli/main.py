@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--calibration", metavar="FILE.npz", nargs="+",
                       help="real inputs (arrays named as the contract's inputs, batch first) for the static-qdq int8 route")
     onnx.add_argument("--no-verify", action="store_true", help="skip the parity check (the manifest then records parity: null)")
+    onnx.add_argument("--no-time-graphs", action="store_true",
+                      help="do not time the verified ONNX Runtime graphs at the opt shape: the default graph is then plain")
     _tolerance_options(onnx)
 
     verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 on a mismatch")
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs per point (default 1)")
     bench.add_argument("--threads", type=int, help="threads for torch and onnxruntime (default: all cores)")
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.png (default: DIR/bench)")
+    bench.add_argument("--choose-default", action="store_true",
+                       help="only re-time the verified ONNX Runtime graphs at the opt shape on this machine and record the "
+                            "fastest as the manifest's default graph (the one runners start from)")
 
     inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
     inspect.add_argument("dir", type=Path, help="artifact directory")
@@ -229,7 +234,7 @@ def cmd_onnx(args, console: Console) -> int:
                 spec, out, dtype=args.dtype, opset=args.opset or DEFAULT_OPSET, seed=args.seed, checkpoint=args.checkpoint,
                 external_data=args.external_data, optimize=not args.no_optimize, int8=args.int8,
                 int8_routes=args.int8_routes, calibration=args.calibration,
-                verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
+                verify=not args.no_verify, time_graphs=not args.no_time_graphs, atol=args.atol, rtol=args.rtol,
                 log=console.print, progress=progress,
             )
     except ParityError as e:
@@ -323,6 +328,8 @@ def cmd_bench(args, console: Console) -> int:
     from ..bench.report import print_bench, write_json, write_plot
     from ..bench.run import BenchSettings, run_bench
 
+    if args.choose_default:
+        return _choose_default_graph(args, console)
     settings = BenchSettings()
     if args.backends:
         settings.backends = settings.explicit = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -339,6 +346,21 @@ def cmd_bench(args, console: Console) -> int:
     write_json(data, out / "bench.json")
     write_plot(data, out / "bench.png")
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return EXIT_OK
+
+
+def _choose_default_graph(args, console: Console) -> int:
+    from ..artifact.manifest import read_manifest
+    from ..export.graph_choice import choose_default_graph, describe
+
+    manifest = read_manifest(args.dir)
+    manifest.check_files()
+    before = manifest.default_graph
+    with console.status("timing the verified ONNX Runtime graphs at the opt shape"):
+        manifest.data["default_graph"] = choose_default_graph(manifest, threads=args.threads)
+    manifest.write()  # atomically: a runner starting meanwhile reads the old manifest or the new one
+    console.print(f"default graph: {describe(manifest.data['default_graph'])}", highlight=False)
+    console.print(f"recorded in {manifest.directory / 'manifest.json'} (was {before})", highlight=False)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from ..config import ModelSpec
 from ..contract import DTYPES
 from ..errors import ConfigError, ParityError
 from ..verify.parity import ParityReport, require_parity, verify_artifact
+from .graph_choice import choose_default_graph, describe, untimed
 from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
 from .calibration import read_calibration
 from .int8_routes import applicable_routes, candidate_file, candidate_graph, keep_fastest_int8, write_int8_route
@@ -65,6 +66,7 @@ def export_artifact(
     int8_routes: Sequence[str] | None = None,
     calibration: Sequence[str | Path] | None = None,
     verify: bool = True,
+    time_graphs: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -82,6 +84,9 @@ def export_artifact(
     (default: every one that applies, see export/int8_routes.py) is written and verified, and
     the fastest that passes is kept (the export fails when none passes). calibration: .npz files
     of real inputs for the static-qdq route.
+
+    time_graphs: after parity, time each graph verified at the artifact's tolerance at the opt shape and record
+    the fastest as the manifest's default_graph (export/graph_choice.py); off, or without verify, it is plain.
     """
     if int8 and normalize_dtype(dtype) != "float32":
         raise ConfigError("--int8 quantizes a float32 export: use it with --dtype fp32")
@@ -140,6 +145,8 @@ def export_artifact(
                 "files": {f.name: file_entry(f) for f in files},
                 "versions": library_versions(),
                 "parity": None,
+                "default_graph": untimed("plain: not timed (--no-verify)" if not verify else
+                                         "plain: not timed (--no-time-graphs)"),
             },
         )
         manifest.write()
@@ -159,6 +166,11 @@ def export_artifact(
                     error = ParityError(f"{e}; {out} was left as it was, the failing artifact is in {rejected}")
                     error.report = report
                     raise error from None
+            if time_graphs:
+                log("timing the verified ONNX Runtime graphs at the opt shape")
+                manifest.data["default_graph"] = choose_default_graph(manifest)
+                manifest.write()
+                log(f"default graph: {describe(manifest.data['default_graph'])}")
         publish_dir(staging, out)
     finally:
         if staging.exists():

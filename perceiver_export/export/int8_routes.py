@@ -17,6 +17,7 @@ at the opt shape, keeps the fastest as "int8" (model.int8.onnx) and records ever
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -117,32 +118,14 @@ def _static_qdq(src: Path, dst: Path, calibration) -> dict:
 _WRITERS = {"dynamic": _dynamic, "dynamic-fused": _dynamic, "matmulnbits8": _matmulnbits8, "static-qdq": _static_qdq}
 
 
-def time_interleaved(runs: dict, feeds: dict, budget_s: float = 2.0, max_rounds: int = 50) -> dict[str, float]:
-    """Median ms of each run(feeds), taken in turns (a, b, c, a, b, c, ...) so machine noise hits all alike."""
-    import time
-
-    for run in runs.values():
-        run(feeds)  # warm-up: first-run allocations and kernel selection
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < 3 or (time.perf_counter() < deadline and rounds < max_rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run(feeds)
-            times[name].append(time.perf_counter() - start)
-        rounds += 1
-    return {name: round(float(np.median(t)) * 1e3, 4) for name, t in times.items()}
-
-
 def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -> None:
     """Of the int8 routes that passed parity, keep the fastest at the opt shape as graph "int8"; drop the rest.
 
     When none passed, nothing changes: the report fails and the export with it. Every route's outcome (passed or
     not, its worst error, its time) is recorded in the kept graph's entry, with how the choice was made.
     """
-    from ..bench.run import cpu_name, cpu_simd_flags  # TODO-merge: ..machine
-    from ..runtime import load
+    from ..machine import cpu_name, cpu_simd_flags
+    from .graph_choice import time_graphs
 
     candidates = [g for g in manifest.graphs if g.startswith(CANDIDATE_PREFIX)]
     if not candidates:
@@ -162,17 +145,11 @@ def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -
             "worst_max_abs_over_std": None if not np.isfinite(worst) else round(float(worst), 5),
             **({"error": crashed} if crashed else {}),
         }
-    contract = manifest.contract
-    sizes = {axis: r.opt for axis, r in contract.axes.items()}
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for spec in contract.inputs:
-        shape = contract.concrete_shape(spec.name, sizes)
-        feeds[spec.name] = rng.random(shape) < 0.8 if spec.dtype == "bool" else rng.standard_normal(shape, dtype=np.float32)
-    log(f"timing the int8 routes that passed ({', '.join(g.removeprefix(CANDIDATE_PREFIX) for g in passed)})")
-    runners = {g: load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in passed}
-    medians = time_interleaved({g: r.infer for g, r in runners.items()}, feeds) if len(passed) > 1 else {}
-    del runners
+    sizes = {axis: r.opt for axis, r in manifest.contract.axes.items()}
+    threads = os.cpu_count() or 1
+    if len(passed) > 1:
+        log(f"timing the int8 routes that passed ({', '.join(g.removeprefix(CANDIDATE_PREFIX) for g in passed)})")
+    medians = time_graphs(manifest, passed, threads) if len(passed) > 1 else {}
     for g, ms in medians.items():
         outcome[g.removeprefix(CANDIDATE_PREFIX)]["median_ms"] = ms
     winner = min(passed, key=lambda g: medians.get(g, 0.0))
@@ -195,6 +172,7 @@ def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -
     entry["selection"] = {
         "chosen_by": "fastest route that passed parity, median ms at the opt shape on this machine",
         "shape": sizes,
+        "threads": threads,
         "cpu": cpu_name(),
         "simd": cpu_simd_flags(),
         "routes": outcome,

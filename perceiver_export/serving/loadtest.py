@@ -223,7 +223,7 @@ def measure_level(servers: dict[str, ServerProcess], model: str, protocol: str, 
 
 
 def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callable[[str], None] = lambda m: None) -> dict:
-    from ..bench.run import cpu_name, cpu_simd_flags
+    from ..machine import cpu_name, cpu_simd_flags
 
     directory = Path(directory)
     manifest = read_manifest(directory)

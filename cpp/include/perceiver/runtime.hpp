@@ -1,4 +1,4 @@
-// perceiver-export C++ runtime: open an artifact directory (manifest.json + model.onnx), check inputs
+// perceiver-export C++ runtime: open an artifact directory (manifest.json + one of its ONNX graphs), check inputs
 // against its I/O contract with the same rules and messages as the Python runners, run ONNX Runtime.
 #pragma once
 
@@ -79,6 +79,10 @@ struct Options {
   // In priority order, e.g. {"TensorrtExecutionProvider", "CUDAExecutionProvider"}; empty = CPU only.
   // CUDA and TensorRT need an onnxruntime library built with them (onnxruntime-gpu); CPU is always the fallback.
   std::vector<std::string> providers;
+  // Which of the artifact's verified graphs to run: "plain" (model.onnx), or a name under the manifest's "graphs"
+  // ("optimized", "int8"); empty = the manifest's default_graph (the fastest verified one where it was exported).
+  // Last member, so that aggregate initialisation of the members above keeps working.
+  std::string graph;
 };
 
 class Runtime {
@@ -93,6 +97,7 @@ class Runtime {
 
   const Contract& contract() const;
   const std::string& dtype() const;   // the artifact's float dtype
+  const std::string& graph() const;   // the graph this runtime runs: "plain", "optimized", "int8"
 
  private:
   struct Impl;

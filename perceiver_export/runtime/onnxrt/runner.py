@@ -25,11 +25,12 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, manifest: Manifest, providers: Sequence[str] | None = None, threads: int | None = None,
                  graph: str | None = None, spinning: bool | None = None):
         """graph: "plain" (model.onnx), or a variant from the manifest's "graphs" ("optimized", "int8").
-        Default: the optimized graph when the artifact has one, else the plain one.
+        Default: the manifest's default_graph, the fastest verified graph where it was exported (or re-chosen with
+        `bench --choose-default`); never int8 unless asked for.
         spinning: whether idle intra-op threads spin-wait for the next run (ONNX Runtime's default: yes). A server
         turns it off: spinning threads take the cores its own request handling needs between runs."""
         super().__init__(manifest)
-        self.graph = graph or ("optimized" if "optimized" in manifest.graphs else "plain")
+        self.graph = graph or manifest.default_graph
         if self.graph != "plain" and self.graph not in manifest.graphs:
             raise BackendUnavailableError(
                 f"{manifest.directory} has no {self.graph!r} graph; it has: plain{''.join(', ' + g for g in manifest.graphs)}"
