@@ -14,7 +14,7 @@ from ..errors import BackendUnavailableError, InputError, ParityError
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
 from .compare import TOLERANCES, Comparison, Tolerance, compare
-from .grid import Case, case_inputs, parity_cases
+from .grid import Case, case_inputs, parity_cases, run_order
 
 REFERENCE = "torch eager, float32, the artifact's weights"
 
@@ -85,6 +85,12 @@ def default_runners(manifest: Manifest) -> tuple[list, list[str]]:
         notes.append("onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator")
     else:
         runners = [load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in ("plain", *manifest.graphs)]
+    if manifest.dtype == "float32":
+        for backend in ("openvino", "openvino-bf16"):
+            try:
+                runners.append(load(manifest, backend=backend, check_files=False))
+            except BackendUnavailableError as e:
+                notes.append(f"{backend} not run: {e}")
     for name in manifest.engines:
         try:
             runners.append(load(manifest, backend="tensorrt", check_files=False, engine=name))
@@ -130,12 +136,15 @@ def verify_artifact(
             return default
         if getattr(runner, "graph", None) == "int8":
             return TOLERANCES["int8"]
+        if getattr(runner, "precision", None) == "bf16" and manifest.dtype == "float32":
+            return TOLERANCES["bf16-compute"]
         if getattr(runner, "tf32", False) and manifest.dtype == "float32":
             return TOLERANCES["tf32"]
         return default
 
     reference = load(manifest, backend="torch", check_files=False, dtype="float32")
-    cases = parity_cases(contract)
+    # One runner per backend takes every case, in an order that changes shapes both ways on every axis.
+    cases = run_order(parity_cases(contract), contract)
     dtype = NUMPY_DTYPES[manifest.dtype]
     rng = np.random.default_rng(seed)
     total = len(cases) * len(runners)
