@@ -68,9 +68,10 @@ def test_json_schema_is_stable(here):
     assert list(data) == ["schema", "schema_version", "passed", "exit_code", "environment", "gpu", "backends", "steps", "workdir"]
     assert (data["schema"], data["schema_version"]) == ("perceiver-export/doctor", 1)
     assert list(data["environment"]) == ["perceiver-export", "python", "platform", "packages", "onnxruntime_providers", "torch_cuda"]
-    assert {"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt_rtx", "polygraphy"} <= set(data["environment"]["packages"])
+    assert {"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt_rtx", "polygraphy", "openvino"} <= set(data["environment"]["packages"])
     assert list(data["gpu"]) == ["usable", "name", "compute_capability", "driver", "reason"]
-    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "onnx-reference", "tensorrt", "tensorrt_rtx", "polygraphy"]
+    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "onnx-reference", "openvino", "tensorrt", "tensorrt_rtx",
+                                                     "polygraphy"]
     assert all(list(b) == ["name", "version", "runs_here", "detail", "install", "builds_here"] for b in data["backends"])
     assert all(list(s) == ["name", "status", "detail", "error", "fix", "seconds"] for s in data["steps"])
 
