@@ -65,6 +65,7 @@ def test_shape_sequence_parity_in_f32_and_bf16(tiny_fp32, tmp_path):
     backends = openvino_backends()
     report = verify_artifact(d, backends=backends, write=False)
     assert report.passed, [(r.backend, r.case.name, r.comparison.max_abs) for r in report.failures]
+    assert any(n.startswith("openvino compiled with INFERENCE_PRECISION_HINT=f32, INFERENCE_NUM_THREADS=") for n in report.notes)
     order = [r.case.name for r in report.results if r.backend == "openvino"]
     assert order[0] == "all min" and order[-2:] == ["all max (again)", "all min (again)"]
     assert [r.case.name for r in report.results if r.backend == backends[-1]] == order  # every backend, same order

@@ -125,6 +125,9 @@ def verify_artifact(
         runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
     else:
         runners, notes = default_runners(manifest)
+    for runner in runners:  # settings that decide a backend's numbers, when they are not the library's defaults
+        if getattr(runner, "compile_config", None):
+            notes.append(f"{runner.backend} compiled with {', '.join(f'{k}={v}' for k, v in runner.compile_config.items())}")
     default = TOLERANCES[manifest.dtype]
     overridden = atol is not None or rtol is not None
     if overridden:

@@ -86,11 +86,16 @@ class OpenVINORunner(Runner):
             **(SHAPE_CHANGE_WORKAROUND if workaround else {}),
             **{k: str(v) for k, v in (config or {}).items()},
         }
-        start = time.perf_counter()
-        model = core.read_model(str(manifest.onnx_path))
-        self.compiled = core.compile_model(model, "CPU", self.compile_config)
-        self.startup_s = time.perf_counter() - start
         self.version = ov.get_version()
+        start = time.perf_counter()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(manifest.onnx_path)), "CPU", self.compile_config)
+        except RuntimeError as e:  # an operator or shape its ONNX frontend or CPU plugin does not take
+            first_line = next(iter(str(e).strip().splitlines()), "")
+            raise BackendUnavailableError(
+                f"OpenVINO {self.version} cannot compile {manifest.onnx_path.name}: {first_line[:500]}"
+            ) from None
+        self.startup_s = time.perf_counter() - start
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an InferRequest runs one call at a time
 
