@@ -110,6 +110,7 @@ def environment() -> dict:
     for flavor in FLAVORS:
         packages[flavor] = _version(flavor)
     packages["polygraphy"] = _version("polygraphy")
+    packages["openvino"] = _version("openvino")
     try:
         import onnxruntime
 
@@ -166,6 +167,7 @@ def backends(env: dict, gpu: dict) -> list[Backend]:
                 None if env["onnxruntime_providers"] else "pip install 'perceiver-export[cpu]' (or [gpu])"),
         Backend("onnx-reference", p.get("onnx"), True, "ONNX's reference evaluator (slow; every dtype)"),
     ]
+    out.append(_openvino(p.get("openvino")))
     for flavor in FLAVORS:
         version = p.get(flavor)
         runs, why = _flavor_runs(flavor, version, gpu)
@@ -175,6 +177,16 @@ def backends(env: dict, gpu: dict) -> list[Backend]:
                        "NVIDIA's tool for the re-check and bisect commands" if p.get("polygraphy") else "not installed",
                        None if p.get("polygraphy") else "pip install polygraphy onnx-graphsurgeon"))
     return out
+
+
+def _openvino(version: str | None) -> Backend:
+    if version is None or version.startswith("broken"):
+        return Backend("openvino", version, False, version or "not installed", "pip install 'perceiver-export[openvino]'")
+    from .runtime.openvino.runner import bf16_unavailable_reason
+
+    reason = bf16_unavailable_reason()
+    bf16 = "openvino-bf16 runs here" if reason is None else f"no openvino-bf16: {reason}"
+    return Backend("openvino", version, True, f"CPU, float32; {bf16}")
 
 
 def _flavor_runs(flavor: str, version: str | None, gpu: dict) -> tuple[bool, str | None]:

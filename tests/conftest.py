@@ -13,6 +13,15 @@ from perceiver_export.export.artifact_builder import export_artifact
 REPO = Path(__file__).resolve().parent.parent
 
 
+def openvino_backends() -> list[str]:
+    """The OpenVINO backends verify runs by default on a float32 artifact here (bf16 only on CPUs with bf16 instructions)."""
+    try:
+        from perceiver_export.runtime.openvino.runner import bf16_unavailable_reason
+    except ImportError:
+        return []
+    return ["openvino"] + (["openvino-bf16"] if bf16_unavailable_reason() is None else [])
+
+
 @pytest.fixture(scope="session")
 def tiny_spec():
     return load_spec("perceiver-tiny")

@@ -15,7 +15,7 @@ from perceiver_export.bench.report import write_plot
 from perceiver_export.bench.run import BenchSettings, run_bench
 from perceiver_export.contract import AxisRange
 from perceiver_export.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, openvino_backends
 
 TINY = {"dim": 32, "heads": 2, "depth": 2, "dim_head": 16, "ff_mult": 2}
 
@@ -60,7 +60,8 @@ def bench_data(tmp_path_factory, tiny_spec):
 
     out = tmp_path_factory.mktemp("bench") / "a"
     export_artifact(tiny_spec, out, int8=True, verify=False)
-    settings = BenchSettings(backends=["onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", "torch-bf16", "tensorrt"],
+    settings = BenchSettings(backends=["onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", "torch-bf16", "openvino",
+                                       "openvino-bf16", "tensorrt"],
                              grid=[(1, 8, 8, 8), (2, 16, 24, 24)], warmup=1, min_iters=2, max_iters=2, seconds=0.0, threads=1,
                              explicit=["torch-bf16"])
     return out, run_bench(out, settings)
@@ -72,9 +73,13 @@ def test_bench_structure_and_json_schema(bench_data):
     assert data["gemm_peak_gflops"] > 0 and data["machine"]["threads"] == 1
     assert data["grid"] == [[1, 8, 8, 8], [2, 16, 24, 24]]
     names = {r["backend"] for r in data["results"]}
-    assert names == {"torch", "torch-bf16", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"}
+    ov = openvino_backends()
+    assert names == {"torch", "torch-bf16", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", *ov}
     assert "tensorrt" in data["skipped"] and "no TensorRT engine" in data["skipped"]["tensorrt"]
-    assert len(data["results"]) == 5 * 2
+    assert set(data["skipped"]) == {"tensorrt"} | {"openvino", "openvino-bf16"} - set(ov)  # each with its reason
+    assert len(data["results"]) == len(names) * 2
+    assert list(data["backend_config"]) == ov  # the compile settings that decide OpenVINO's numbers and speed
+    assert all(c["INFERENCE_NUM_THREADS"] == "1" for c in data["backend_config"].values())
     keys = {"backend", "precision", "batch", "q_len", "k_len", "v_len", "iterations", "warmup", "min_ms", "mean_ms",
             "median_ms", "p90_ms", "p99_ms", "max_ms", "sequences_per_s", "tokens_per_s", "flops", "gflops_per_s",
             "fraction_of_gemm_peak", "speedup_vs_torch_fp32", "max_abs_error_over_std", "peak_rss_growth_mb", "seconds"}
@@ -87,6 +92,10 @@ def test_bench_structure_and_json_schema(bench_data):
     assert all(r["speedup_vs_torch_fp32"] == 1.0 and r["max_abs_error_over_std"] == 0.0 for r in torch_rows)
     errs = {r["backend"]: r["max_abs_error_over_std"] for r in data["results"] if r["batch"] == 2}
     assert errs["onnxruntime"] < 1e-5 and 1e-4 < errs["onnxruntime-int8"] < 0.1 and 1e-4 < errs["torch-bf16"] < 0.2
+    if "openvino" in ov:
+        assert errs["openvino"] < 1e-5
+    if "openvino-bf16" in ov:
+        assert 1e-4 < errs["openvino-bf16"] < 0.05
     json.dumps(data)  # serialisable as is
 
 
@@ -122,7 +131,7 @@ def test_int8_graph_passes_its_scale_tolerance_and_the_default_graph_is_the_time
     by = {}
     for r in result.report.results:
         by.setdefault(r.backend, []).append(r)
-    assert set(by) == {"onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"}
+    assert set(by) == {"onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", *openvino_backends()}
     assert all(r.tolerance.scale_atol == 0.1 for r in by["onnxruntime-int8"])
     assert 1e-3 < max(r.comparison.max_abs_over_scale for r in by["onnxruntime-int8"]) < 0.1
     assert max(r.comparison.max_abs for r in by["onnxruntime-optimized"]) < 1e-5
@@ -156,7 +165,7 @@ def test_optimized_graph_that_fails_parity_is_dropped_not_shipped(tmp_path, tiny
     assert not (result.directory / "model.ort.onnx").exists() and "model.ort.onnx" not in result.manifest.data["files"]
     assert any("optimized ONNX Runtime graph failed parity" in n for n in result.report.notes)
     stored = json.loads((result.directory / "manifest.json").read_text())
-    assert stored["parity"]["backends"] == ["onnxruntime"] and stored["parity"]["passed"]
+    assert stored["parity"]["backends"] == ["onnxruntime", *openvino_backends()] and stored["parity"]["passed"]
 
 
 def test_int8_needs_a_float32_export(tmp_path, tiny_spec):

@@ -51,7 +51,7 @@ def test_report_on_a_cpu_machine_runs_what_can_run_and_says_why_not_the_rest(her
     if rtx:
         assert "cross-built (cannot run here) for sm89" in steps["build"].detail
     assert steps["run"].detail.startswith("no NVIDIA GPU") and "NVIDIA GPU and a CUDA build of torch" in steps["run"].fix
-    assert "polygraphy run --onnxrt: 14 saved cases match the eager outputs" in steps["polygraphy"].detail
+    assert "polygraphy run --onnxrt: 16 saved cases match the eager outputs" in steps["polygraphy"].detail
     assert here.passed and here.exit_code == 0
     backends = {b.name: b for b in here.backends}
     assert backends["onnxruntime"].runs_here and "CPUExecutionProvider" in backends["onnxruntime"].detail
@@ -68,9 +68,10 @@ def test_json_schema_is_stable(here):
     assert list(data) == ["schema", "schema_version", "passed", "exit_code", "environment", "gpu", "backends", "steps", "workdir"]
     assert (data["schema"], data["schema_version"]) == ("perceiver-export/doctor", 1)
     assert list(data["environment"]) == ["perceiver-export", "python", "platform", "packages", "onnxruntime_providers", "torch_cuda"]
-    assert {"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt_rtx", "polygraphy"} <= set(data["environment"]["packages"])
+    assert {"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt_rtx", "polygraphy", "openvino"} <= set(data["environment"]["packages"])
     assert list(data["gpu"]) == ["usable", "name", "compute_capability", "driver", "reason"]
-    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "onnx-reference", "tensorrt", "tensorrt_rtx", "polygraphy"]
+    assert [b["name"] for b in data["backends"]] == ["torch", "onnxruntime", "onnx-reference", "openvino", "tensorrt", "tensorrt_rtx",
+                                                     "polygraphy"]
     assert all(list(b) == ["name", "version", "runs_here", "detail", "install", "builds_here"] for b in data["backends"])
     assert all(list(s) == ["name", "status", "detail", "error", "fix", "seconds"] for s in data["steps"])
 

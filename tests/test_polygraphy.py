@@ -57,7 +57,7 @@ def test_saved_inputs_and_printed_command_pass_on_onnxrt_and_fail_on_a_damaged_g
     saved = tmp_path / "pg"
     good = cli("verify", str(artifact_copy), "--no-write", "--save-inputs", str(saved))
     assert good.returncode == 0, good.stderr
-    assert f"wrote all 14 parity case(s) for Polygraphy to {saved}/" in good.stdout
+    assert f"wrote all 16 parity case(s) for Polygraphy to {saved}/" in good.stdout
     command = printed(good.stdout, TRT_CHECK)
     assert command.argv[:4] == ("polygraphy", "run", str(artifact_copy / "model.onnx"), "--trt")
     for flag, value in (("--atol", "0.0001"), ("--rtol", "0.001"), ("--load-inputs", str(saved / "inputs.json")),
@@ -72,22 +72,22 @@ def test_saved_inputs_and_printed_command_pass_on_onnxrt_and_fail_on_a_damaged_g
     from polygraphy.json import load_json
 
     feeds = load_json(str(saved / "inputs.json"))
-    assert len(feeds) == 14 and all(set(f) == {"q", "k", "v", "mask"} for f in feeds)
+    assert len(feeds) == 16 and all(set(f) == {"q", "k", "v", "mask"} for f in feeds)
     assert all(f["mask"].dtype == np.bool_ and f["mask"].shape == (f["k"].shape[0], f["k"].shape[1] + f["v"].shape[1]) for f in feeds)
-    assert feeds[0]["mask"].all()  # the "opt, no mask" case: all True, as the runners fill it in
+    assert feeds[1]["mask"].all()  # the "opt, no mask" case (run_order puts "all min" first): all True, as the runners fill it in
     results = RunResults.load(str(saved / "eager.json"))
     (runner, iterations), = results.items()
-    assert runner == "eager-torch-float32" and len(iterations) == 14 and iterations[0]["out"].dtype == np.float32
+    assert runner == "eager-torch-float32" and len(iterations) == 16 and iterations[0]["out"].dtype == np.float32
 
     ran = run_polygraphy(as_onnxrt(command))
     assert ran.returncode == 0, ran.tail
-    assert "PASSED" in ran.tail and "14/14 iterations" in ran.tail
+    assert "PASSED" in ran.tail and "16/16 iterations" in ran.tail
 
     damage(artifact_copy)
     bad = cli("verify", str(artifact_copy), "--no-write")
     assert bad.returncode == 1 and "parity FAILED" in bad.stdout
     failing = artifact_copy.parent / f"{artifact_copy.name}.polygraphy"
-    assert f"wrote the failing 14 parity case(s) for Polygraphy to {failing}/" in bad.stdout
+    assert f"wrote the failing 16 parity case(s) for Polygraphy to {failing}/" in bad.stdout
     ran = run_polygraphy(as_onnxrt(printed(bad.stdout, TRT_CHECK)))
     assert ran.returncode != 0 and "FAILED" in ran.tail, ran.tail
     ran = run_polygraphy(as_onnxrt(command))  # the good artifact's saved outputs against the damaged graph: fails too

@@ -80,8 +80,9 @@ def test_module_without_a_mask_parameter(tmp_path):
     contract = result.manifest.contract
     assert contract.input_names == ("q", "k", "v") and result.report.passed
     # Every shape of the grid once: without a mask input its mask kinds would repeat the same inputs.
-    cases = [r.case for r in result.report.results]
-    assert {c.mask for c in cases} == {"none"} and len({tuple(c.sizes.items()) for c in cases}) == len(cases) == 12
+    cases = [r.case for r in result.report.results if r.backend == "onnxruntime"]
+    assert {c.mask for c in cases} == {"none"} and len({tuple(c.sizes.items()) for c in cases}) == 12
+    assert len(cases) == 12 + sum(c.name.endswith(" (again)") for c in cases)  # run_order's repeats
     q, k, v = (np.ones((2, n, 32), np.float32) for n in (3, 4, 5))
     assert runtime.load(result.directory)(q, k, v).shape == (2, 3, 32)
     with pytest.raises(InputError, match=r"unknown input 'mask': expected one of q, k, v"):

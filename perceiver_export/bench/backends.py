@@ -18,10 +18,13 @@ BACKENDS = {
     "onnxruntime": "fp32",
     "onnxruntime-optimized": "fp32",
     "onnxruntime-int8": "int8",
+    "openvino": "fp32",
+    "openvino-bf16": "bf16",
     "tensorrt": "engine",
 }
 BASELINE = "torch"
-DEFAULT_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", "tensorrt")
+DEFAULT_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", "openvino",
+                    "openvino-bf16", "tensorrt")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Prepared:
     precision: str
     infer: Callable[[Mapping[str, Any]], Any]
     startup_s: float
+    config: Mapping[str, str] | None = None  # the settings that decide its speed and numbers (OpenVINO's compile config)
 
 
 def prepare(manifest: Manifest, name: str, threads: int) -> Prepared:
@@ -47,8 +51,11 @@ def prepare(manifest: Manifest, name: str, threads: int) -> Prepared:
     elif name.startswith("onnxruntime"):
         graph = name.removeprefix("onnxruntime").lstrip("-") or "plain"
         runner = load(manifest, backend="onnxruntime", check_files=False, threads=threads, graph=graph)
+    elif name.startswith("openvino"):
+        runner = load(manifest, backend=name, check_files=False, threads=threads)
     elif name == "tensorrt":
         runner = load(manifest, backend="tensorrt", check_files=False)
     else:
         raise BackendUnavailableError(f"unknown bench backend {name!r}; choose from {', '.join(BACKENDS)}")
-    return Prepared(name, BACKENDS[name] if name != "tensorrt" else manifest.dtype, runner.infer, time.perf_counter() - start)
+    return Prepared(name, BACKENDS[name] if name != "tensorrt" else manifest.dtype, runner.infer, time.perf_counter() - start,
+                    getattr(runner, "compile_config", None))

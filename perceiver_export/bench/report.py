@@ -32,6 +32,8 @@ def print_bench(data: dict, console: Console) -> None:
         console.print(table)
     if data["startup_s"]:
         console.print("start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in data["startup_s"].items()))
+    for name, config in data.get("backend_config", {}).items():
+        console.print(f"{name} config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
     for name, why in data["skipped"].items():
         console.print(f"skipped {name}: {why}")
 

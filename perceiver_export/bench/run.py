@@ -79,7 +79,7 @@ def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable
     peak = max(gemm.values())
     backends = [BASELINE] + [b for b in settings.backends if b != BASELINE]  # the baseline is always measured
     simd = cpu_simd_flags()
-    results, skipped, startup = [], {}, {}
+    results, skipped, startup, configs = [], {}, {}, {}
     reference: list[np.ndarray] = []
     for name in backends:
         gc.collect()
@@ -96,6 +96,8 @@ def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable
             progress(f"{name}: skipped ({e})")
             continue
         startup[name] = round(prepared.startup_s, 4)
+        if prepared.config:
+            configs[name] = dict(prepared.config)
         for i, (point, feeds) in enumerate(zip(grid, inputs)):
             progress(f"{name}: batch {point[0]}, q_len {point[1]}, k_len {point[2]}, v_len {point[3]}")
             timing = time_callable(partial(prepared.infer, feeds), warmup=settings.warmup, min_iters=settings.min_iters,
@@ -139,6 +141,7 @@ def run_bench(directory: str | Path, settings: BenchSettings, progress: Callable
         "baseline": BASELINE,
         "grid": [list(p) for p in grid],
         "startup_s": startup,
+        "backend_config": configs,
         "skipped": skipped,
         "results": results,
     }

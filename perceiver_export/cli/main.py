@@ -18,6 +18,7 @@ from ..errors import ConfigError, ParityError, PerceiverExportError
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 ARTIFACTS = Path("artifacts")
+SERVE_BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]  # runners serve, loadtest and kserve take
 
 
 def _axis_option(axis: str) -> str:
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 on a mismatch")
     verify.add_argument("dir", type=Path, help="artifact directory")
-    verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager; default: every exported-graph backend that runs here)")
+    verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager), openvino, "
+                        "openvino-bf16 (default: every exported-graph backend that runs here)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
     verify.add_argument("--save-inputs", type=Path, metavar="DIR",
@@ -88,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="latency, throughput, memory and FLOP/s of every backend over a grid of shapes")
     bench.add_argument("dir", type=Path, help="artifact directory")
     bench.add_argument("--backends", help="comma-separated, from: torch, torch-compile, torch-bf16, onnxruntime, "
-                       "onnxruntime-optimized, onnxruntime-int8, tensorrt (default: all but torch-compile)")
+                       "onnxruntime-optimized, onnxruntime-int8, openvino, openvino-bf16, tensorrt (default: all but torch-compile)")
     bench.add_argument("--grid", metavar="B:Q:K:V,...", help="points (default: opt, middle and max lengths at the opt batch, then all at max)")
     bench.add_argument("--iterations", type=int, default=3, help="minimum timed runs per point (default 3)")
     bench.add_argument("--seconds", type=float, default=0.5, help="time budget per backend and point after warm-up (default 0.5)")
     bench.add_argument("--warmup", type=int, default=1, help="untimed runs per point (default 1)")
-    bench.add_argument("--threads", type=int, help="threads for torch and onnxruntime (default: all cores)")
+    bench.add_argument("--threads", type=int, help="threads for torch, onnxruntime and openvino (default: all cores)")
     bench.add_argument("--out", type=Path, help="folder for bench.json and bench.png (default: DIR/bench)")
     bench.add_argument("--choose-default", action="store_true",
                        help="only re-time the verified ONNX Runtime graphs at the opt shape on this machine and record the "
@@ -121,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
     serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol (KServe v2: HTTP/REST and gRPC) with dynamic batching")
     serve.add_argument("dir", type=Path, help="artifact directory")
-    serve.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="runner (default onnxruntime)")
+    serve.add_argument("--backend", default="onnxruntime", choices=SERVE_BACKENDS, help="runner (default onnxruntime)")
     serve.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime: which ONNX graph (default: the runner's)")
     serve.add_argument("--device", help="torch: cpu, cuda, cuda:N; tensorrt: GPU index")
     serve.add_argument("--engine", help="tensorrt: engine file in DIR (default: the one that runs here)")
-    serve.add_argument("--threads", type=int, help="backend threads (onnxruntime intra-op, torch; default: all cores)")
+    serve.add_argument("--threads", type=int, help="backend threads (onnxruntime intra-op, torch, openvino; default: all cores)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--http-port", type=int, default=8080, help="HTTP/REST port, 0 = any free port (default 8080)")
     serve.add_argument("--grpc-port", type=int, default=8081, help="gRPC port, 0 = any free port (default 8081)")
@@ -147,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--v-len", metavar="MIN:MAX", help="v lengths, drawn uniformly (default 1:2*opt)")
     load.add_argument("--max-batch-size", type=int, help="the server's max batch size with batching on (default: the batch axis max)")
     load.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="the server's queue delay with batching on (default 0)")
-    load.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="runner (default onnxruntime)")
+    load.add_argument("--backend", default="onnxruntime", choices=SERVE_BACKENDS, help="runner (default onnxruntime)")
     load.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime graph (default: the runner's)")
     load.add_argument("--threads", type=int, help="backend threads, for the server and the direct baseline")
     load.add_argument("--timeout-s", type=float, default=600.0, help="the whole run stops after this long (default 600)")
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--cpu", default="2", help="CPU request and limit (default 2)")
     ks.add_argument("--memory", default="4Gi", help="memory request and limit (default 4Gi)")
     ks.add_argument("--gpu", type=int, default=0, help="NVIDIA GPUs (nvidia.com/gpu limit; default 0)")
-    ks.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"], help="serve's runner (default onnxruntime)")
+    ks.add_argument("--backend", default="onnxruntime", choices=SERVE_BACKENDS, help="serve's runner (default onnxruntime)")
     ks.add_argument("--serve-args", default="", help="further serve options, e.g. '--max-batch-size 8 --timeout-ms 500'")
     ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
     ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")

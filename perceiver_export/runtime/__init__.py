@@ -9,7 +9,7 @@ from ..artifact.manifest import Manifest, read_manifest
 from ..errors import BackendUnavailableError
 from .base import Runner
 
-BACKENDS = ("onnxruntime", "torch", "onnx-reference", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "onnx-reference", "tensorrt", "openvino", "openvino-bf16")
 
 
 def runner_class(backend: str) -> type[Runner]:
@@ -27,6 +27,13 @@ def runner_class(backend: str) -> type[Runner]:
         from .onnxref.runner import OnnxReferenceRunner as cls
     elif backend == "tensorrt":
         from .trt.runner import TensorRTRunner as cls
+    elif backend in ("openvino", "openvino-bf16"):
+        try:
+            from .openvino.runner import OpenVINORunner as cls
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"openvino is not installed ({e}): `pip install perceiver-export[openvino]`"
+            ) from None
     else:
         raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return cls
@@ -37,13 +44,16 @@ def load(path: str | Path | Manifest, backend: str = "onnxruntime", check_files:
 
     The manifest is validated and, unless check_files=False, every file's sha256 is checked
     (and ONNX external data must stay inside the directory) before any backend parses it. Backend options: onnxruntime(providers=, threads=),
-    torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=, allow_plugins=).
+    torch(device=, dtype=), tensorrt(engine=, device=, runtime_cache=, allow_plugins=),
+    openvino(precision="f32"|"bf16", threads=, workaround=, config=); "openvino-bf16" is openvino with precision="bf16".
     """
     manifest = path if isinstance(path, Manifest) else read_manifest(path)
     if check_files:
         manifest.check_files()
-        if backend in ("onnxruntime", "onnx-reference"):
+        if backend in ("onnxruntime", "onnx-reference", "openvino", "openvino-bf16"):
             manifest.check_external_data()
+    if backend == "openvino-bf16":
+        options = {**options, "precision": "bf16"}
     return runner_class(backend)(manifest, **options)
 
 

@@ -47,7 +47,7 @@ class ServeOptions:
     graph: str | None = None  # onnxruntime: plain, optimized, int8 (default: the runner's)
     device: str | None = None  # torch: cpu, cuda, cuda:1
     engine: str | None = None  # tensorrt: engine file in the artifact
-    threads: int | None = None  # backend threads (onnxruntime intra-op, torch)
+    threads: int | None = None  # backend threads (onnxruntime intra-op, torch, openvino)
     spinning: bool | None = None  # onnxruntime: idle threads spin-wait (None: its default, on; off measured slower)
     host: str = "127.0.0.1"
     http_port: int = 8080
@@ -75,6 +75,8 @@ def load_runner(directory: str | Path, options: ServeOptions) -> Runner:
         extra = {"device": options.device} if options.device else {}
     elif options.backend == "tensorrt":
         extra = {k: v for k, v in (("engine", options.engine), ("device", options.device)) if v is not None}
+    elif options.backend in ("openvino", "openvino-bf16"):
+        extra = {"threads": options.threads} if options.threads else {}
     for flag, value, owner in (("--graph", options.graph, "onnxruntime"), ("--engine", options.engine, "tensorrt")):
         if value is not None and options.backend != owner:
             raise ConfigError(f"{flag} is an option of the {owner} backend, not of {options.backend}")

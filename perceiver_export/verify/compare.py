@@ -33,6 +33,9 @@ TOLERANCES = {
     "bfloat16": Tolerance(1.5e-1, 5e-2),
     # A float32 TensorRT engine built with TF32 allowed: 10-bit mantissa matmuls, fp16's unit roundoff.
     "tf32": Tolerance(2e-2, 1e-2),
+    # A float32 graph computed in bfloat16 (OpenVINO's bf16 inference precision): 8-bit mantissa matmuls, so like
+    # int8 the error follows the output's scale, not |ref|; measured about 0.01 x std on perceiver-base.
+    "bf16-compute": Tolerance(0.0, 0.0, 0.05),
     # int8 weights (dynamic quantization): max error at most a tenth of the output's standard deviation.
     "int8": Tolerance(0.0, 0.0, 0.1),
 }

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..contract import IOContract
+from ..contract import AxisRange, IOContract
 
 MASKS = ("none", "random", "row-masked")
 
@@ -86,3 +86,47 @@ def case_inputs(contract: IOContract, case: Case, rng: np.random.Generator) -> d
                 mask[0] = False
             feeds[spec.name] = mask
     return feeds
+
+
+def _transitions(before: Case, after: Case, axes: Mapping[str, AxisRange]) -> set[tuple[str, str]]:
+    """(axis, "min->max" or "max->min") for each axis that jumps across its whole range from one case to the next."""
+    jumps = set()
+    for axis, r in axes.items():
+        if before.sizes[axis] == r.min and after.sizes[axis] == r.max:
+            jumps.add((axis, "min->max"))
+        elif before.sizes[axis] == r.max and after.sizes[axis] == r.min:
+            jumps.add((axis, "max->min"))
+    return jumps
+
+
+def run_order(cases: list[Case], contract: IOContract) -> list[Case]:
+    """The order one runner goes through the grid: the case with the most axes at their min first, the others as
+    given, then repeats until every axis has gone from its min straight to its max and from its max straight to its
+    min between consecutive calls.
+
+    Runners keep state across calls with different shapes (OpenVINO's compiled kernels, TensorRT's optimization
+    profile, ONNX Runtime's memory arenas); shapes in one order only would hide a backend that is right for a shape
+    on a fresh runner but wrong after another one. The first call goes at the minimum because length-1 axes are the
+    ones kernels specialise for (OpenVINO 2026.4 does, see docs/openvino.md). A repeated case is named "... (again)".
+    """
+    axes = contract.axes
+    needed = {(a, d) for a, r in axes.items() if r.min != r.max for d in ("min->max", "max->min")}
+    first = max(cases, key=lambda c: sum(c.sizes[a] == r.min for a, r in axes.items()))
+    order = [first] + [c for c in cases if c is not first]
+    for before, after in zip(order, order[1:]):
+        needed -= _transitions(before, after, axes)
+
+    def sets_up(case: Case) -> int:  # how many needed jumps could start from this case
+        return sum(case.sizes[a] == (axes[a].min if d == "min->max" else axes[a].max) for a, d in needed)
+
+    while needed:
+        gains = [len(_transitions(order[-1], c, axes) & needed) for c in cases]
+        best = max(range(len(cases)), key=lambda i: (gains[i], sets_up(cases[i]) if not gains[i] else 0))
+        needed -= _transitions(order[-1], cases[best], axes)
+        order.append(cases[best])
+    seen: set[str] = set()
+    named = []
+    for c in order:
+        named.append(c if c.name not in seen else Case(f"{c.name} (again)", c.sizes, c.mask))
+        seen.add(c.name)
+    return named

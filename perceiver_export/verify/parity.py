@@ -14,7 +14,7 @@ from ..errors import BackendUnavailableError, InputError, ParityError
 from ..runtime import load
 from ..runtime.arrays import NUMPY_DTYPES
 from .compare import TOLERANCES, Comparison, Tolerance, compare
-from .grid import Case, case_inputs, parity_cases
+from .grid import Case, case_inputs, parity_cases, run_order
 
 REFERENCE = "torch eager, float32, the artifact's weights"
 
@@ -92,6 +92,12 @@ def default_runners(manifest: Manifest) -> tuple[list, list[str]]:
         notes.append("onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator")
     else:
         runners = [load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in ("plain", *manifest.graphs)]
+    if manifest.dtype == "float32":
+        for backend in ("openvino", "openvino-bf16"):
+            try:
+                runners.append(load(manifest, backend=backend, check_files=False))
+            except BackendUnavailableError as e:
+                notes.append(f"{backend} not run: {e}")
     for name in manifest.engines:
         try:
             runners.append(load(manifest, backend="tensorrt", check_files=False, engine=name))
@@ -126,6 +132,9 @@ def verify_artifact(
         runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
     else:
         runners, notes = default_runners(manifest)
+    for runner in runners:  # settings that decide a backend's numbers, when they are not the library's defaults
+        if getattr(runner, "compile_config", None):
+            notes.append(f"{runner.backend} compiled with {', '.join(f'{k}={v}' for k, v in runner.compile_config.items())}")
     default = TOLERANCES[manifest.dtype]
     overridden = atol is not None or rtol is not None
     if overridden:
@@ -137,12 +146,15 @@ def verify_artifact(
             return default
         if str(getattr(runner, "graph", "")).split(".")[0] == "int8":  # int8, and int8.<route> while choosing
             return TOLERANCES["int8"]
+        if getattr(runner, "precision", None) == "bf16" and manifest.dtype == "float32":
+            return TOLERANCES["bf16-compute"]
         if getattr(runner, "tf32", False) and manifest.dtype == "float32":
             return TOLERANCES["tf32"]
         return default
 
     reference = load(manifest, backend="torch", check_files=False, dtype="float32")
-    cases = parity_cases(contract)
+    # One runner per backend takes every case, in an order that changes shapes both ways on every axis.
+    cases = run_order(parity_cases(contract), contract)
     dtype = NUMPY_DTYPES[manifest.dtype]
     rng = np.random.default_rng(seed)
     total = len(cases) * len(runners)
