@@ -22,13 +22,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_simd_flags() -> list[str]:
-    """The vector-extension flags that decide which reduced-precision kernels exist (Linux)."""
+def cpu_flags() -> set[str] | None:
+    """Every feature flag of the CPU from /proc/cpuinfo; None where there is no such file (not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in SIMD_FLAGS if f in have]
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        pass
-    return []
+        return None
+    return set()
+
+
+def cpu_simd_flags() -> list[str]:
+    """The vector-extension flags that decide which reduced-precision kernels exist (Linux)."""
+    have = cpu_flags() or set()
+    return [f for f in SIMD_FLAGS if f in have]

@@ -131,7 +131,7 @@ def test_int8_graph_passes_its_scale_tolerance_and_the_default_graph_is_the_time
     by = {}
     for r in result.report.results:
         by.setdefault(r.backend, []).append(r)
-    assert set(by) == {"onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", *openvino_backends()}
+    assert set(by) == {"onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"}  # export checks what it writes
     assert all(r.tolerance.scale_atol == 0.1 for r in by["onnxruntime-int8"])
     assert 1e-3 < max(r.comparison.max_abs_over_scale for r in by["onnxruntime-int8"]) < 0.1
     assert max(r.comparison.max_abs for r in by["onnxruntime-optimized"]) < 1e-5
@@ -165,7 +165,7 @@ def test_optimized_graph_that_fails_parity_is_dropped_not_shipped(tmp_path, tiny
     assert not (result.directory / "model.ort.onnx").exists() and "model.ort.onnx" not in result.manifest.data["files"]
     assert any("optimized ONNX Runtime graph failed parity" in n for n in result.report.notes)
     stored = json.loads((result.directory / "manifest.json").read_text())
-    assert stored["parity"]["backends"] == ["onnxruntime", *openvino_backends()] and stored["parity"]["passed"]
+    assert stored["parity"]["backends"] == ["onnxruntime"] and stored["parity"]["passed"]
 
 
 def test_int8_needs_a_float32_export(tmp_path, tiny_spec):

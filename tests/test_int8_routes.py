@@ -22,7 +22,7 @@ def _calibration(path, rng, batch=4, q=8, k=8, v=8, dim=32, **extra):
     return path
 
 
-def test_every_route_is_verified_and_the_fastest_passing_one_is_kept(tmp_path, tiny_spec):
+def test_every_route_is_verified_and_the_fastest_passing_one_is_kept(tmp_path, tiny_spec, capsys):
     cal = _calibration(tmp_path / "cal.npz", np.random.default_rng(1), batch=8, q=16, k=24, v=24)
     result = export_artifact(tiny_spec, tmp_path / "a", int8=True, calibration=[cal])
     assert result.report.passed
@@ -50,6 +50,10 @@ def test_every_route_is_verified_and_the_fastest_passing_one_is_kept(tmp_path, t
     from perceiver_export import runtime
 
     runtime.load(result.directory, graph="int8")  # re-reads and re-hashes every file
+    from perceiver_export.cli.main import main
+
+    assert main(["inspect", str(result.directory)]) == 0
+    assert f"int8 (model.int8.onnx, route {entry['route']})" in capsys.readouterr().out
 
 
 def test_a_named_route_is_the_only_one_written(tmp_path, tiny_spec):

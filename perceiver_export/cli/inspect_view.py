@@ -60,7 +60,8 @@ def print_inspect(manifest: Manifest, console: Console, layers: bool = True) -> 
     else:
         console.print(f"parity: {'passed' if parity['passed'] else 'FAILED'} on {', '.join(parity['backends'])}, "
                       f"worst max abs {parity['worst_max_abs']:.2e}")
-    graphs = [f"plain ({manifest.onnx_path.name})"] + [f"{n} ({g['file']})" for n, g in manifest.graphs.items()]
+    graphs = [f"plain ({manifest.onnx_path.name})"] + [
+        f"{n} ({g['file']}{', route ' + g['route'] if g.get('route') else ''})" for n, g in manifest.graphs.items()]
     console.print(f"graphs: {', '.join(graphs)}", highlight=False)
     console.print(f"default graph: {describe(d['default_graph'])}", highlight=False)
     if not manifest.engines:

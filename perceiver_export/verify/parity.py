@@ -84,14 +84,19 @@ class ParityReport:
         }
 
 
-def default_runners(manifest: Manifest) -> tuple[list, list[str]]:
-    """A runner for every backend and graph that can run this artifact here, and notes on the ones that cannot."""
+def default_runners(manifest: Manifest, other_runtimes: bool = True) -> tuple[list, list[str]]:
+    """A runner for every backend and graph that can run this artifact here, and notes on the ones that cannot.
+
+    other_runtimes=False checks only the artifact's own ONNX Runtime graphs (what an export writes and vouches for);
+    True adds the runtimes that read model.onnx themselves (OpenVINO) and the artifact's TensorRT engines."""
     notes: list[str] = []
     if manifest.dtype == "bfloat16":
         runners = [load(manifest, backend="onnx-reference", check_files=False)]
         notes.append("onnxruntime's CPU kernels have no bfloat16 MatMul: the graph is checked with ONNX's reference evaluator")
     else:
         runners = [load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in ("plain", *manifest.graphs)]
+    if not other_runtimes:
+        return runners, notes
     if manifest.dtype == "float32":
         for backend in ("openvino", "openvino-bf16"):
             try:
@@ -116,6 +121,7 @@ def verify_artifact(
     progress=None,
     check_files: bool = True,
     on_case=None,
+    other_runtimes: bool = True,
 ) -> ParityReport:
     """Compare each backend with eager float32 PyTorch on the parity grid; store the report in the manifest.
 
@@ -131,7 +137,7 @@ def verify_artifact(
     if backends:
         runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
     else:
-        runners, notes = default_runners(manifest)
+        runners, notes = default_runners(manifest, other_runtimes)
     for runner in runners:  # settings that decide a backend's numbers, when they are not the library's defaults
         if getattr(runner, "compile_config", None):
             notes.append(f"{runner.backend} compiled with {', '.join(f'{k}={v}' for k, v in runner.compile_config.items())}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,6 +17,7 @@ import openvino as ov
 
 from ...artifact.manifest import Manifest
 from ...errors import BackendUnavailableError
+from ...machine import cpu_flags
 from ..arrays import to_numpy
 from ..base import Runner
 
@@ -28,17 +28,6 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # axis >= 16, float32 and bfloat16 alike. Turning the snippets fusions off avoids it; see docs/openvino.md for the
 # reproducer, the other workaround (CPU_RUNTIME_CACHE_CAPACITY: 0) and what each costs.
 SHAPE_CHANGE_WORKAROUND = {"SNIPPETS_MODE": "DISABLE"}
-
-
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo; None where there is no such file."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return set()
 
 
 def bf16_unavailable_reason(core: ov.Core | None = None) -> str | None:
