@@ -55,15 +55,15 @@ def untimed(why: str) -> dict:
 
 
 def time_graphs(manifest: Manifest, graphs: list[str], threads: int, budget_s: float = BUDGET_S,
-                seed: int = 0) -> dict[str, float]:
-    """Median ms of one run of each graph at the contract's opt shape (mask: random), runs interleaved.
+                seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, float]:
+    """Median ms of one run of each graph at the contract's opt shape, or `sizes` (mask: random), runs interleaved.
 
     Interleaving (a round runs every graph once, in a rotating order) spreads a noisy neighbour or a frequency change
     over all graphs instead of charging it to whichever ran at that moment.
     """
     contract = manifest.contract
-    opt = {a: r.opt for a, r in contract.axes.items()}
-    feeds = case_inputs(contract, Case("opt", opt, "random"), np.random.default_rng(seed))
+    opt = sizes or {a: r.opt for a, r in contract.axes.items()}
+    feeds = case_inputs(contract, Case("timing", opt, "random"), np.random.default_rng(seed))
     dtype = NUMPY_DTYPES[manifest.dtype]
     feeds = {n: (x if x.dtype == np.bool_ else x.astype(dtype)) for n, x in feeds.items() if x is not None}
     runners = {g: load(manifest, backend="onnxruntime", check_files=False, graph=g, threads=threads) for g in graphs}

@@ -11,7 +11,8 @@ Routes (all quantize only the weight matmuls; attention's activation x activatio
                  (--calibration FILE.npz ...), on the optimized graph when there is one.
 
 export/artifact_builder.py writes each route as graph "int8.<route>", verifies them all, times the ones that pass
-at the opt shape, keeps the fastest as "int8" (model.int8.onnx) and records every route's result in the manifest.
+at the opt and the max shape, keeps the fastest (route_score) as "int8" (model.int8.onnx) and records every route's
+result in the manifest.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from ..errors import ConfigError
 from .calibration import CalibrationReader
 
 ROUTES = ("dynamic", "dynamic-fused", "matmulnbits8", "static-qdq")
+CHOSEN_BY = ("fastest route that passed parity: the smallest geometric mean, over the opt and the max shape, of its "
+             "median ms over the best median at that shape, on this machine")
+BUDGET_S = {"opt": 1.5, "max": 0.5}  # timed seconds per route and shape (at least 5 rounds each)
 CANDIDATE_PREFIX = "int8."
 NBITS_BLOCK = 32
 
@@ -118,8 +122,19 @@ def _static_qdq(src: Path, dst: Path, calibration) -> dict:
 _WRITERS = {"dynamic": _dynamic, "dynamic-fused": _dynamic, "matmulnbits8": _matmulnbits8, "static-qdq": _static_qdq}
 
 
+def route_score(graph: str, medians: dict[str, dict[str, float]]) -> float:
+    """Geometric mean over the timed shapes of graph's median / the best median there (1.0: fastest everywhere).
+
+    Routes trade places with the shape (a fused graph wins on long sequences, loses on short ones), so neither
+    shape alone decides; 0.0 when nothing was timed (a single route)."""
+    if not medians:
+        return 0.0
+    ratios = [m[graph] / min(m.values()) for m in medians.values()]
+    return float(np.prod(ratios) ** (1 / len(ratios)))
+
+
 def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -> None:
-    """Of the int8 routes that passed parity, keep the fastest at the opt shape as graph "int8"; drop the rest.
+    """Of the int8 routes that passed parity, keep the fastest (route_score) as graph "int8"; drop the rest.
 
     When none passed, nothing changes: the report fails and the export with it. Every route's outcome (passed or
     not, its worst error, its time) is recorded in the kept graph's entry, with how the choice was made.
@@ -145,14 +160,18 @@ def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -
             "worst_max_abs_over_std": None if not np.isfinite(worst) else round(float(worst), 5),
             **({"error": crashed} if crashed else {}),
         }
-    sizes = {axis: r.opt for axis, r in manifest.contract.axes.items()}
+    axes = manifest.contract.axes
+    shapes = {"opt": {a: r.opt for a, r in axes.items()}, "max": {a: r.max for a, r in axes.items()}}
     threads = os.cpu_count() or 1
+    medians: dict[str, dict[str, float]] = {}
     if len(passed) > 1:
-        log(f"timing the int8 routes that passed ({', '.join(g.removeprefix(CANDIDATE_PREFIX) for g in passed)})")
-    medians = time_graphs(manifest, passed, threads) if len(passed) > 1 else {}
-    for g, ms in medians.items():
-        outcome[g.removeprefix(CANDIDATE_PREFIX)]["median_ms"] = ms
-    winner = min(passed, key=lambda g: medians.get(g, 0.0))
+        log(f"timing the int8 routes that passed ({', '.join(g.removeprefix(CANDIDATE_PREFIX) for g in passed)}) "
+            "at the opt and the max shape")
+        for label, sizes in shapes.items():
+            medians[label] = time_graphs(manifest, passed, threads, budget_s=BUDGET_S[label], sizes=sizes)
+        for g in passed:
+            outcome[g.removeprefix(CANDIDATE_PREFIX)]["median_ms"] = {label: m[g] for label, m in medians.items()}
+    winner = min(passed, key=lambda g: route_score(g, medians))
     route = winner.removeprefix(CANDIDATE_PREFIX)
     directory = manifest.directory
     for g in candidates:
@@ -162,7 +181,7 @@ def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -
         for f in entry["files"]:
             manifest.data["files"].pop(f, None)
             (directory / f).unlink(missing_ok=True)
-        why = "failed parity" if not outcome[g.removeprefix(CANDIDATE_PREFIX)]["passed"] else "slower at the opt shape"
+        why = "failed parity" if not outcome[g.removeprefix(CANDIDATE_PREFIX)]["passed"] else "slower (opt and max shapes)"
         report.drop_backend(backend[g], f"int8 route {g.removeprefix(CANDIDATE_PREFIX)} not kept: {why}")
     entry = manifest.data["graphs"].pop(winner)
     old = entry["file"]
@@ -170,8 +189,8 @@ def keep_fastest_int8(manifest, report, final_file: str, log=lambda msg: None) -
     manifest.data["files"][final_file] = manifest.data["files"].pop(old)
     entry["file"], entry["files"] = final_file, [final_file]
     entry["selection"] = {
-        "chosen_by": "fastest route that passed parity, median ms at the opt shape on this machine",
-        "shape": sizes,
+        "chosen_by": CHOSEN_BY,
+        "shapes": shapes,
         "threads": threads,
         "cpu": cpu_name(),
         "simd": cpu_simd_flags(),
