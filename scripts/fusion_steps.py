@@ -31,7 +31,7 @@ from perceiver_export.bench.flops import perceiver_flops
 from perceiver_export.bench.grid import default_grid
 from perceiver_export.bench.measure import gemm_peak_gflops
 from perceiver_export.bench.run import point_inputs
-from perceiver_export.export.attention_fusion import fuse_masked_cross_attention, split_packed_projections
+from perceiver_export.export.ort_rewrites import fuse_masked_cross_attention, split_packed_projections
 from perceiver_export.machine import cpu_name, cpu_simd_flags
 
 GEMM_OPS = {"MatMul", "FusedMatMul", "Gemm", "MultiHeadAttention"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from .attention_fusion import fuse_masked_cross_attention, split_packed_projections
+from .ort_rewrites import fuse_masked_cross_attention, split_packed_projections, unfuse_skip_layer_norm
 from .onnx_graph import save_onnx
 
 OPTIMIZED = "optimized"
@@ -23,9 +23,10 @@ GRAPH_FILES = {OPTIMIZED: "model.ort.onnx", INT8: "model.int8.onnx"}
 def write_optimized_graph(src: Path, dst: Path) -> dict:
     """onnxscript's ORT fusions (MultiHeadAttention, SkipLayerNormalization, BiasGelu, ...) and two of ours.
 
-    Ours (export/attention_fusion.py): the masked cross-attention becomes MultiHeadAttention with a key padding
-    mask before onnxscript's fusions run (they only know additive masks), and packed projections followed by a
-    Split become one MatMul per part after them. Returns the manifest entry (fusions applied). The graph uses
+    Ours (export/ort_rewrites.py): the masked cross-attention becomes MultiHeadAttention with a key padding
+    mask before onnxscript's fusions run (they only know additive masks); after them, packed projections followed
+    by a Split become one MatMul per part, and SkipLayerNormalization goes back to Add + LayerNormalization (its
+    CPU kernel is several times slower than the two). Returns the manifest entry (fusions applied). The graph uses
     com.microsoft ops: onnxruntime only.
     """
     import onnx_ir as ir
@@ -37,7 +38,8 @@ def write_optimized_graph(src: Path, dst: Path) -> dict:
         logging.getLogger("onnxscript").setLevel(logging.ERROR)
         masked = fuse_masked_cross_attention(model)
         optimized, counts = optimize_for_ort(model, clear_metadata=True)
-        counts = {**counts, "masked_cross_attention": masked, "split_projections": split_packed_projections(optimized)}
+        counts = {**counts, "masked_cross_attention": masked, "split_projections": split_packed_projections(optimized),
+                  "skip_layer_normalization_unfused": unfuse_skip_layer_norm(optimized)}
     # Same layout as model.onnx: one file, or the graph plus dst.data (onnx_ir streams external tensors itself).
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in onnx.load(str(src), load_external_data=False).graph.initializer):
         data = dst.name + ".data"
@@ -48,6 +50,6 @@ def write_optimized_graph(src: Path, dst: Path) -> dict:
     return {
         "file": dst.name,
         "files": [f.name for f in files],
-        "producer": "onnxscript.rewriter.ort_fusions.optimize_for_ort + perceiver_export.export.attention_fusion",
+        "producer": "onnxscript.rewriter.ort_fusions.optimize_for_ort + perceiver_export.export.ort_rewrites",
         "fusions": {k: v for k, v in sorted(counts.items()) if v},
     }

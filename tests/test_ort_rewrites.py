@@ -9,7 +9,7 @@ import onnx
 import onnx_ir as ir
 
 from perceiver_export import runtime
-from perceiver_export.export.attention_fusion import fuse_masked_cross_attention, split_packed_projections
+from perceiver_export.export.ort_rewrites import fuse_masked_cross_attention, split_packed_projections
 
 
 def test_optimized_graph_has_no_unfused_attention_left(tiny_fp32):
@@ -21,6 +21,9 @@ def test_optimized_graph_has_no_unfused_attention_left(tiny_fp32):
     assert ops["MultiHeadAttention"] == 2 * depth
     assert ops["Softmax"] == ops["Transpose"] == ops["Split"] == ops["Not"] == 0
     assert ops["Where"] == depth  # only the zeroing of rows with nothing to attend to, on (batch, q_len, dim)
+    # SkipLayerNormalization is fused by onnxscript, then undone (its CPU kernel is slower than Add + LayerNorm).
+    assert entry["fusions"]["skip_layer_normalization_unfused"] == entry["fusions"]["skip_layer_normalization"] > 0
+    assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] >= 3 * depth
 
 
 def test_fused_graph_matches_the_plain_one_on_masked_and_fully_masked_rows(tiny_fp32):
