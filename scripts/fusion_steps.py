@@ -3,8 +3,8 @@
     .venv/bin/python scripts/fusion_steps.py ARTIFACT_DIR [--threads 2] [--rounds 5] [--out steps.json]
 
 Steps: plain model.onnx; onnxscript's optimize_for_ort alone; ours first (masked cross-attention ->
-MultiHeadAttention) then optimize_for_ort; then the packed projections split (= what export writes as
-model.ort.onnx). Each is timed at the artifact's bench grid (median of --rounds turns, the steps taking turns so
+MultiHeadAttention) then optimize_for_ort; then the packed projections split; then SkipLayerNormalization undone
+into Add + LayerNormalization (= what export writes as model.ort.onnx). Each is timed at the artifact's bench grid (median of --rounds turns, the steps taking turns so
 machine noise hits all alike), against the in-run float32 GEMM peak, and profiled with ONNX Runtime's profiler at
 the largest point: the share of time in GEMM ops (MatMul, MultiHeadAttention, ...) and in everything else.
 """
@@ -31,7 +31,7 @@ from perceiver_export.bench.flops import perceiver_flops
 from perceiver_export.bench.grid import default_grid
 from perceiver_export.bench.measure import gemm_peak_gflops
 from perceiver_export.bench.run import point_inputs
-from perceiver_export.export.ort_rewrites import fuse_masked_cross_attention, split_packed_projections
+from perceiver_export.export.ort_rewrites import fuse_masked_cross_attention, split_packed_projections, unfuse_skip_layer_norm
 from perceiver_export.machine import cpu_name, cpu_simd_flags
 
 GEMM_OPS = {"MatMul", "FusedMatMul", "Gemm", "MultiHeadAttention"}
@@ -55,19 +55,24 @@ def step_graphs(src: Path, tmp: Path) -> dict[str, Path]:
     split_packed_projections(model)
     steps["+ split projections"] = tmp / "3.onnx"
     ir.save(model, steps["+ split projections"])
+    unfuse_skip_layer_norm(model)
+    steps["+ SkipLayerNorm undone"] = tmp / "4.onnx"
+    ir.save(model, steps["+ SkipLayerNorm undone"])
     return steps
 
 
-def session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSession:
+def session(path: Path, threads: int, profile_dir: Path | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    options.enable_profiling = profile
+    if profile_dir is not None:  # the profile's JSON goes there, not into the working directory
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_dir / f"profile-{path.stem}")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def profile_shares(path: Path, feeds: dict, threads: int) -> dict[str, float]:
-    s = session(path, threads, profile=True)
+def profile_shares(path: Path, feeds: dict, threads: int, tmp: Path) -> dict[str, float]:
+    s = session(path, threads, profile_dir=tmp)
     for _ in range(2):
         s.run(None, feeds)
     events = json.loads(Path(s.end_profiling()).read_text())
@@ -118,7 +123,7 @@ def main() -> int:
             result["points"].append(row)
         largest = inputs[-1]
         result["profile_at"] = list(grid[-1])
-        result["profiles"] = {name: profile_shares(path, largest, args.threads) for name, path in steps.items()}
+        result["profiles"] = {name: profile_shares(path, largest, args.threads, Path(tmp)) for name, path in steps.items()}
         for name, shares in result["profiles"].items():
             gemm = sum(v for k, v in shares.items() if k in GEMM_OPS)
             rest = ", ".join(f"{k} {v:.1%}" for k, v in shares.items() if k not in GEMM_OPS and v >= 0.01)
