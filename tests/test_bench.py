@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from perceiver_export import PerceiverLayer
-from perceiver_export.bench.flops import perceiver_flops
+from perceiver_export.bench.flops import perceiver_attention_product_flops, perceiver_flops
 from perceiver_export.bench.grid import default_grid, parse_grid
 from perceiver_export.bench.report import write_plot
 from perceiver_export.bench.run import BenchSettings, run_bench
@@ -27,6 +27,12 @@ def test_flop_count_matches_a_hand_count_for_the_tiny_config():
     #   feed-fwd   2 x 2 x (32*64 + 64*32)                       = 16384
     assert perceiver_flops(TINY, 1, 2, 3, 4) == 2 * (16896 + 38656 + 16384)
     assert perceiver_flops(TINY, 3, 2, 3, 4) == 3 * perceiver_flops(TINY, 1, 2, 3, 4)
+
+
+def test_attention_product_flops_are_the_activation_products_of_the_hand_count():
+    # The 2*2*n*32 terms above (q @ k^T and attn @ v), times 2 FLOPs, times depth 2.
+    assert perceiver_attention_product_flops(TINY, 1, 2, 3, 4) == {"self": 2 * 2 * (2 * 2 * 2 * 32), "cross": 2 * 2 * (2 * 2 * 7 * 32)}
+    assert perceiver_attention_product_flops(TINY, 3, 2, 3, 4)["cross"] == 3 * 3584
 
 
 @pytest.mark.parametrize("sizes", [(1, 2, 3, 4), (2, 5, 7, 1), (3, 16, 24, 24)])

@@ -11,10 +11,14 @@ from __future__ import annotations
 from typing import Mapping
 
 
+def attention_product_flops(batch: int, q_tokens: int, kv_tokens: int, inner: int) -> int:
+    """q @ k^T and attn @ v over all heads: the products between activations, no weight in them."""
+    return 2 * batch * 2 * q_tokens * kv_tokens * inner
+
+
 def attention_flops(batch: int, q_tokens: int, kv_tokens: int, dim: int, inner: int) -> int:
     projections = q_tokens * dim * inner + kv_tokens * dim * 2 * inner + q_tokens * inner * dim  # to_q, to_kv, to_out
-    scores_and_mix = 2 * q_tokens * kv_tokens * inner  # q @ k^T and attn @ v over all heads
-    return 2 * batch * (projections + scores_and_mix)
+    return 2 * batch * projections + attention_product_flops(batch, q_tokens, kv_tokens, inner)
 
 
 def perceiver_flops(config: Mapping, batch: int, q_len: int, k_len: int, v_len: int) -> int:
@@ -27,6 +31,13 @@ def perceiver_flops(config: Mapping, batch: int, q_len: int, k_len: int, v_len: 
         + 2 * batch * q_len * (dim * hidden + hidden * dim)  # feed-forward
     )
     return depth * per_block
+
+
+def perceiver_attention_product_flops(config: Mapping, batch: int, q_len: int, k_len: int, v_len: int) -> dict[str, int]:
+    """The part of `perceiver_flops` in attention products, self- and cross-attention apart (all blocks)."""
+    depth, inner = int(config["depth"]), int(config["heads"]) * int(config.get("dim_head", 64))
+    return {"self": depth * attention_product_flops(batch, q_len, q_len, inner),
+            "cross": depth * attention_product_flops(batch, q_len, k_len + v_len, inner)}
 
 
 def counted_flops(model, feeds: Mapping) -> int:
