@@ -49,7 +49,7 @@ DAMAGE = {
     "manifest not JSON": (lambda d: (d / "manifest.json").write_text("{not json"), r"manifest.json: not valid JSON"),
     "manifest missing keys": (_edit_manifest(lambda m: m.pop("contract")), r"manifest.json: missing keys \['contract'\]"),
     "unknown schema version": (_edit_manifest(lambda m: m.update(schema_version=99)),
-                               r"schema_version 99 is not supported \(this version reads 2\)"),
+                               r"schema_version 99 is not supported \(this version reads 1 to 2\)"),
     "foreign schema": (_edit_manifest(lambda m: m.update(schema="something/else")), r"schema 'something/else' is not"),
     "file entry escapes": (_edit_manifest(lambda m: m["files"].update({"../x": {"sha256": "0" * 64, "bytes": 0}})),
                            r"file entry '../x' points outside the artifact"),

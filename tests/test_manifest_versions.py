@@ -48,9 +48,9 @@ def test_the_kept_version_1_artifact_loads_and_passes_parity(copy):
 
 
 @pytest.mark.parametrize("version,message", [
-    (SCHEMA_VERSION + 1, r"schema_version 3 is not supported \(this version reads 2\): the artifact was written by a "
+    (SCHEMA_VERSION + 1, r"schema_version 3 is not supported \(this version reads 1 to 2\): the artifact was written by a "
                          r"newer perceiver-export than this one \(0\.1\.0\); upgrade it \(`pip install -U perceiver-export`\)"),
-    (0, r"schema_version 0 is not supported \(this version reads 2\): the artifact was written by an older "
+    (0, r"schema_version 0 is not supported \(this version reads 1 to 2\): the artifact was written by an older "
         r"perceiver-export that this one \(0\.1\.0\) cannot read; re-export the model"),
     ("1", r"schema_version must be an integer, got '1'"),
 ])
@@ -67,6 +67,14 @@ def test_an_upgrade_step_reads_an_older_version(copy, monkeypatch):
     manifest = read_manifest(copy)
     assert (manifest.data["schema_version"], manifest.data["name"]) == (2, "upgraded")  # then on through UPGRADES[1]
     assert json.loads((copy / "manifest.json").read_text())["schema_version"] == 0  # read in memory, not rewritten
+
+
+def test_refusals_name_the_versions_the_upgrade_chain_reaches(monkeypatch):
+    assert manifest_module.readable_versions() == "1 to 2"  # the C++ runtime's words too (test_cpp_hostile_inputs)
+    monkeypatch.setitem(manifest_module.UPGRADES, 0, lambda d: d)
+    assert manifest_module.readable_versions() == "0 to 2"
+    monkeypatch.setattr(manifest_module, "UPGRADES", {})
+    assert manifest_module.readable_versions() == "2"
 
 
 @pytest.mark.parametrize("graphs,default", [({}, "plain"), ({"optimized": {"file": "model.ort.onnx"}}, "optimized"),

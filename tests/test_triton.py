@@ -355,3 +355,16 @@ def test_cli_end_to_end(tiny_fp32, tmp_path, capsys):
     assert "configs validated with Triton's model_config.proto" in out
     assert f"-v {repo.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models" in out
     assert json.loads((tiny_fp32.directory / "manifest.json").read_text()).get("engines") is None  # the artifact is untouched
+
+
+@pytest.mark.parametrize("kind,served,noted", [("cpu", "model.ort.onnx", False), ("auto", "model.onnx", True),
+                                               ("gpu", "model.onnx", True)])
+def test_default_graph_is_the_manifests_choice_on_a_cpu_instance_and_plain_elsewhere(artifact_copy, tmp_path, kind, served, noted):
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    manifest["default_graph"] = {**manifest["default_graph"], "graph": "optimized", "cpu": "Test CPU"}
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = write_triton_repo(artifact_copy, tmp_path / "repo", TritonOptions(kind=kind))
+    assert (tmp_path / "repo/perceiver-tiny/1/model.onnx").read_bytes() == (artifact_copy / served).read_bytes()
+    note = ("serving the plain graph: the artifact's default graph 'optimized' was chosen by timing on a CPU (Test CPU); "
+            "--kind cpu serves it, --graph optimized serves it on any instance")
+    assert (note in result.notes) == noted

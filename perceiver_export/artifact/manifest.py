@@ -155,13 +155,21 @@ def _from_version_1(data: dict) -> dict:
 UPGRADES: dict[int, Callable[[dict], dict]] = {1: _from_version_1}
 
 
+def readable_versions() -> str:
+    """The schema versions this version reads, as its refusals say it: "1 to 2" (the C++ runtime says the same)."""
+    oldest = SCHEMA_VERSION
+    while oldest - 1 in UPGRADES:
+        oldest -= 1
+    return f"{oldest} to {SCHEMA_VERSION}" if oldest < SCHEMA_VERSION else str(SCHEMA_VERSION)
+
+
 def _upgrade(data: dict, path: Path) -> dict:
     version = data["schema_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise ArtifactError(f"{path}: schema_version must be an integer, got {version!r}")
     if version > SCHEMA_VERSION:
         raise ArtifactError(
-            f"{path}: schema_version {version} is not supported (this version reads {SCHEMA_VERSION}): the artifact "
+            f"{path}: schema_version {version} is not supported (this version reads {readable_versions()}): the artifact "
             f"was written by a newer perceiver-export than this one ({__version__}); upgrade it "
             "(`pip install -U perceiver-export`) or re-export the model with this one"
         )
@@ -169,7 +177,7 @@ def _upgrade(data: dict, path: Path) -> dict:
         step = UPGRADES.get(version)
         if step is None:
             raise ArtifactError(
-                f"{path}: schema_version {version} is not supported (this version reads {SCHEMA_VERSION}): the artifact "
+                f"{path}: schema_version {version} is not supported (this version reads {readable_versions()}): the artifact "
                 f"was written by an older perceiver-export that this one ({__version__}) cannot read; re-export the "
                 "model (`python -m perceiver_export onnx ...`) or use the perceiver-export that wrote it"
             )

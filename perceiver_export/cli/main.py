@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--repo", type=Path, default=Path("triton"), metavar="PATH", help="model repository; other models in it are left alone (default: ./triton)")
     triton.add_argument("--name", help="model name (default: the artifact's name)")
     triton.add_argument("--version", type=int, default=1, metavar="N", help="model version directory (default 1)")
-    triton.add_argument("--graph", default="plain", choices=["plain", "optimized", "int8"],
-                        help="which of the artifact's ONNX graphs to serve, written as model.onnx (default: plain)")
+    triton.add_argument("--graph", choices=["plain", "optimized", "int8"],
+                        help="which of the artifact's ONNX graphs to serve, written as model.onnx (default: the "
+                             "manifest's default graph with --kind cpu, else plain)")
     triton.add_argument("--max-queue-delay-us", type=int, default=100, metavar="N", help="dynamic batching's queue delay in µs (default 100)")
     triton.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic batching out of the config")
     triton.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")

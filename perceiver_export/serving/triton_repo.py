@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -32,7 +32,7 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class TritonOptions:
     name: str | None = None  # default: the manifest's name
     version: int = 1
-    graph: str = "plain"  # or one of the manifest's ONNX Runtime variants: optimized, int8
+    graph: str | None = None  # plain, optimized or int8; default: see default_graph
     dynamic_batching: bool = True
     max_queue_delay_us: int = 100
     instances: int = 1
@@ -315,8 +315,22 @@ def checked_model_name(name: str, option: str) -> str:
     return name
 
 
+def default_graph(manifest: Manifest, kind: str) -> tuple[str, str | None]:
+    """The graph served when --graph is not given, and a note when that is not the manifest's default graph.
+
+    The manifest's default was chosen by timing ONNX Runtime's CPU kernels, so a CPU instance serves it; a GPU (or
+    auto) instance serves the plain graph, whose ops every execution provider runs as exported.
+    """
+    chosen = manifest.default_graph
+    if kind == "cpu" or chosen == "plain":
+        return chosen, None
+    return "plain", (f"serving the plain graph: the artifact's default graph {chosen!r} was chosen by timing on a CPU "
+                     f"({manifest.data['default_graph'].get('cpu', 'unnamed')}); --kind cpu serves it, "
+                     f"--graph {chosen} serves it on any instance")
+
+
 def check_options(options: TritonOptions) -> None:
-    if options.graph not in GRAPHS:
+    if options.graph is not None and options.graph not in GRAPHS:
         raise ConfigError(f"--graph must be one of {', '.join(GRAPHS)}, got {options.graph!r}")
     if options.kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {options.kind!r}")
@@ -339,6 +353,10 @@ def write_triton_repo(directory: str | Path, repo: str | Path, options: TritonOp
     name = checked_model_name(options.name or manifest.data["name"], "--name" if options.name else "the manifest's name (choose another with --name)")
     batching = batching_for(manifest.contract)
     notes = [batching.reason] if batching.reason else []
+    if options.graph is None:
+        graph, note = default_graph(manifest, options.kind)
+        options = replace(options, graph=graph)
+        notes += [note] if note else []
     models = [onnx_model(manifest, name, options, batching)]
     if options.engines:
         engines, engine_notes = servable_engines(manifest, options.engine_files)
