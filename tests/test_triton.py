@@ -361,10 +361,10 @@ def test_cli_end_to_end(tiny_fp32, tmp_path, capsys):
                                                ("gpu", "model.onnx", True)])
 def test_default_graph_is_the_manifests_choice_on_a_cpu_instance_and_plain_elsewhere(artifact_copy, tmp_path, kind, served, noted):
     manifest = json.loads((artifact_copy / "manifest.json").read_text())
-    manifest["default_graph"] = {**manifest["default_graph"], "graph": "optimized", "cpu": "Test CPU"}
+    manifest["default_graph"] = {"graph": "optimized", "chosen_by": "median ms at the opt shape on this machine", "cpu": "Test CPU"}
     (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
     result = write_triton_repo(artifact_copy, tmp_path / "repo", TritonOptions(kind=kind))
     assert (tmp_path / "repo/perceiver-tiny/1/model.onnx").read_bytes() == (artifact_copy / served).read_bytes()
-    note = ("serving the plain graph: the artifact's default graph 'optimized' was chosen by timing on a CPU (Test CPU); "
-            "--kind cpu serves it, --graph optimized serves it on any instance")
+    note = ("serving the plain graph: the artifact's default graph 'optimized' was chosen for ONNX Runtime on a CPU "
+            "(median ms at the opt shape on this machine, Test CPU); --kind cpu serves it, --graph optimized serves it on any instance")
     assert (note in result.notes) == noted

@@ -324,9 +324,10 @@ def default_graph(manifest: Manifest, kind: str) -> tuple[str, str | None]:
     chosen = manifest.default_graph
     if kind == "cpu" or chosen == "plain":
         return chosen, None
-    return "plain", (f"serving the plain graph: the artifact's default graph {chosen!r} was chosen by timing on a CPU "
-                     f"({manifest.data['default_graph'].get('cpu', 'unnamed')}); --kind cpu serves it, "
-                     f"--graph {chosen} serves it on any instance")
+    record = manifest.data["default_graph"]
+    how = ", ".join(str(x) for x in (record.get("chosen_by"), record.get("cpu")) if x)
+    return "plain", (f"serving the plain graph: the artifact's default graph {chosen!r} was chosen for ONNX Runtime on "
+                     f"a CPU ({how}); --kind cpu serves it, --graph {chosen} serves it on any instance")
 
 
 def check_options(options: TritonOptions) -> None:
