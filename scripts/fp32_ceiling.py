@@ -11,10 +11,10 @@ For a PerceiverLayer artifact, at one point (default: the bench grid's largest):
    FusedMatMul with an initializer operand), attention (MultiHeadAttention, or a MatMul between activations), or
    other (LayerNormalization, BiasGelu, Add, Where, ...);
 3. ONNX Runtime's attention kernels alone at the model's attention shapes: com.microsoft.MultiHeadAttention with
-   the key padding mask (what the cross-attention runs), without a mask (its flash-attention path, the fastest CPU
-   attention kernel it has), and the attention's bare products q @ k^T and attn @ v as batched MatMuls (MLAS's GEMM
-   rate on those shapes, with the softmax and the mask for free); and the mask carried into the flash path as a
-   65th q/k column per head (with the Pad and Concat that build it);
+   the key padding mask (what the cross-attention runs) and without a mask (its flash-attention path); ONNX's own
+   Attention (opset 23) with the mask and without; the mask carried into MultiHeadAttention's flash path as a 65th
+   q/k column per head (with the Pad and Concat that build it); and the attention's bare products q @ k^T and
+   attn @ v as batched MatMuls (MLAS's GEMM rate on those shapes, with the softmax and the mask for free);
 4. bounds on the fraction of the peak: the weight GEMMs at their in-graph time plus the attention at each of those
    rates, with every other op free ("bounds") or at its measured time ("bounds_with_other_ops").
 
@@ -114,7 +114,7 @@ def attention_kernels(batch: int, q_len: int, kv_len: int, heads: int, head: int
     mask = (rng.random((batch, kv_len)) < 0.8).astype(np.int32)
     opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
 
-    def mha(with_mask: bool) -> float:
+    def mha_session(with_mask: bool) -> tuple[ort.InferenceSession, dict]:
         inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape) for n, x in (("q", q), ("k", k), ("v", v))]
         names, feeds = ["q", "k", "v"], {"q": q, "k": k, "v": v}
         if with_mask:
@@ -123,7 +123,15 @@ def attention_kernels(batch: int, q_len: int, kv_len: int, heads: int, head: int
             feeds["mask"] = mask
         node = helper.make_node("MultiHeadAttention", names, ["out"], domain="com.microsoft", num_heads=heads, scale=1.0)
         graph = helper.make_graph([node], "mha", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-        return median_seconds(session(helper.make_model(graph, opset_imports=opsets).SerializeToString(), threads), feeds, repeats)
+        return session(helper.make_model(graph, opset_imports=opsets).SerializeToString(), threads), feeds
+
+    def mha(with_mask: bool) -> float:
+        return median_seconds(*mha_session(with_mask), repeats)
+
+    def matches_the_masked_kernel(s: ort.InferenceSession, feeds: dict) -> ort.InferenceSession:
+        reference, reference_feeds = mha_session(True)
+        np.testing.assert_allclose(s.run(None, feeds)[0], reference.run(None, reference_feeds)[0], rtol=1e-4, atol=1e-5)
+        return s
 
     def batched_matmul(a_shape: tuple, b_shape: tuple) -> float:
         graph = helper.make_graph(
@@ -152,23 +160,34 @@ def attention_kernels(batch: int, q_len: int, kv_len: int, heads: int, head: int
         inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape) for n, x in (("q", q), ("k", k), ("v", v))]
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, mask.shape))
         graph = helper.make_graph(nodes, "mha_mask_column", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
-        s = session(helper.make_model(graph, opset_imports=opsets).SerializeToString(), threads)
         feeds = {"q": q, "k": k, "v": v, "mask": mask.astype(bool)}
-        reference_graph = helper.make_graph(
-            [helper.make_node("MultiHeadAttention", ["q", "k", "v", "", "mask"], ["out"], domain="com.microsoft", num_heads=heads, scale=1.0)],
-            "mha", inputs[:3] + [helper.make_tensor_value_info("mask", TensorProto.INT32, mask.shape)],
-            [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-        reference = session(helper.make_model(reference_graph, opset_imports=opsets).SerializeToString(), threads)
-        np.testing.assert_allclose(s.run(None, feeds)[0], reference.run(None, {"q": q, "k": k, "v": v, "mask": mask})[0],
-                                   rtol=1e-4, atol=1e-5)
+        s = matches_the_masked_kernel(session(helper.make_model(graph, opset_imports=opsets).SerializeToString(), threads), feeds)
         return median_seconds(s, feeds, repeats)
 
+    def onnx_attention(with_mask: bool) -> float:
+        """ONNX's own Attention (opset 23) on 3-D inputs; its boolean mask must be (batch, 1, q_len, kv_len) in ONNX
+        Runtime, so the key padding mask is expanded to that first (timed with it). Checked against the masked kernel."""
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape) for n, x in (("q", q), ("k", k), ("v", v))]
+        feeds, nodes, inits, names = {"q": q, "k": k, "v": v}, [], [], ["q", "k", "v"]
+        if with_mask:
+            inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, mask.shape))
+            feeds["mask"] = mask.astype(bool)
+            inits = [helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
+                     helper.make_tensor("shape", TensorProto.INT64, [4], [batch, 1, q_len, kv_len])]
+            nodes = [helper.make_node("Unsqueeze", ["mask", "axes"], ["mask4"]), helper.make_node("Expand", ["mask4", "shape"], ["full"])]
+            names.append("full")
+        nodes.append(helper.make_node("Attention", names, ["out"], q_num_heads=heads, kv_num_heads=heads, scale=1.0))
+        graph = helper.make_graph(nodes, "attention", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+        s = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]).SerializeToString(), threads)
+        return median_seconds(matches_the_masked_kernel(s, feeds) if with_mask else s, feeds, repeats)
+
     bh = batch * heads
-    out = {"flash (no mask)": mha(False),
+    out = {"flash (no mask)": mha(False), "onnx Attention (no mask)": onnx_attention(False),
            "bare products": batched_matmul((bh, q_len, head), (bh, head, kv_len)) + batched_matmul((bh, q_len, kv_len), (bh, kv_len, head))}
     if masked:
         out["key padding mask"] = mha(True)
         out["mask as a 65th column, flash"] = mask_as_column()
+        out["onnx Attention (mask)"] = onnx_attention(True)
     return out
 
 
@@ -215,6 +234,8 @@ def main() -> int:
     attention_alone = {
         "as the graph runs it (key padding mask across, flash within)": depth * (self_kernels["flash (no mask)"] + cross_kernels["key padding mask"]),
         "the mask as a 65th q/k column across, flash throughout": depth * (self_kernels["flash (no mask)"] + cross_kernels["mask as a 65th column, flash"]),
+        "ONNX Attention (opset 23) for both (masked across)": depth * (self_kernels["onnx Attention (no mask)"] + cross_kernels["onnx Attention (mask)"]),
+        "ONNX Attention (opset 23) for both (no mask anywhere)": depth * (self_kernels["onnx Attention (no mask)"] + cross_kernels["onnx Attention (no mask)"]),
         "flash-attention path throughout (no mask anywhere)": depth * (self_kernels["flash (no mask)"] + cross_kernels["flash (no mask)"]),
         "bare products (softmax and mask free)": depth * (self_kernels["bare products"] + cross_kernels["bare products"]),
     }
