@@ -14,50 +14,36 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
-from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
 from perceiver_export.artifact.manifest import read_manifest
 from perceiver_export.bench.flops import perceiver_flops
 from perceiver_export.bench.grid import default_grid
 from perceiver_export.bench.measure import gemm_peak_gflops
 from perceiver_export.bench.run import point_inputs
-from perceiver_export.export.ort_rewrites import fuse_masked_cross_attention, split_packed_projections, unfuse_skip_layer_norm
+from perceiver_export.export.ort_graphs import onnxscript_fusions, rewrite_for_ort
 from perceiver_export.machine import cpu_name, cpu_simd_flags
 
 GEMM_OPS = {"MatMul", "FusedMatMul", "Gemm", "MultiHeadAttention"}
 
 
 def step_graphs(src: Path, tmp: Path) -> dict[str, Path]:
-    def ort_fusions(model):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.getLogger("onnxscript").setLevel(logging.ERROR)
-            return optimize_for_ort(model, clear_metadata=True)[0]
+    """plain, onnxscript's fusions alone, then the export's own steps (export/ort_graphs.rewrite_for_ort), each saved."""
+    steps = {"plain": src, "onnxscript fusions": tmp / "1.onnx"}
+    ir.save(onnxscript_fusions(ir.load(str(src)))[0], steps["onnxscript fusions"])
 
-    steps = {"plain": src}
-    steps["onnxscript fusions"] = tmp / "1.onnx"
-    ir.save(ort_fusions(ir.load(str(src))), steps["onnxscript fusions"])
-    model = ir.load(str(src))
-    fuse_masked_cross_attention(model)
-    model = ort_fusions(model)
-    steps["+ masked cross-attention"] = tmp / "2.onnx"
-    ir.save(model, steps["+ masked cross-attention"])
-    split_packed_projections(model)
-    steps["+ split projections"] = tmp / "3.onnx"
-    ir.save(model, steps["+ split projections"])
-    unfuse_skip_layer_norm(model)
-    steps["+ SkipLayerNorm undone"] = tmp / "4.onnx"
-    ir.save(model, steps["+ SkipLayerNorm undone"])
+    def save(name: str, model) -> None:
+        steps[name] = tmp / f"{len(steps)}.onnx"
+        ir.save(model, steps[name])
+
+    rewrite_for_ort(ir.load(str(src)), after_step=save)
     return steps
 
 

@@ -155,8 +155,8 @@ def unfuse_skip_layer_norm(model: ir.Model) -> int:
     """com.microsoft.SkipLayerNormalization back to Add(s) + LayerNormalization, where its statistics go unused.
 
     onnxscript fuses residual add + layer norm into SkipLayerNormalization, but ONNX Runtime's CPU kernel for it is
-    far slower than the two ops it replaces: on perceiver-base at 8 x 256 x 1024, 2.5 ms per call against ~0.3 ms
-    for LayerNormalization on the same tensor (ONNX Runtime's profiler, 2 threads) — 12% of the int8 graph's time.
+    slower than the two ops it replaces: undoing it takes perceiver-base's optimized graph at 8 x 256 x 512 x 512
+    from 1.13x to 1.21x the plain graph (docs/fusion-steps-perceiver-base.json, scripts/fusion_steps.py).
     """
     graph = model.graph
     count = 0
