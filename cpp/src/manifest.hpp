@@ -40,7 +40,7 @@ struct Manifest {
 // Both throw ArtifactError("<where>: <what is wrong>"); where names the manifest and must already be printable.
 void check_manifest_size(uint64_t bytes, const std::string& where);  // before reading the file
 Manifest parse_manifest(std::string_view text, const std::string& where);
-// "plain, optimized, int8": the graphs a message lists (plain first, then by name; printable).
+// "plain, optimized, int8": the graphs a message lists (plain first, then in manifest order; printable).
 std::string graph_list(const Manifest& manifest);
 
 }  // namespace perceiver
