@@ -56,3 +56,7 @@ class DeadlineExceededError(ServingError):
 
 class BatchFailedError(ServingError):
     """The backend failed on the batch that carried this request (HTTP 500 / gRPC INTERNAL)."""
+
+
+class ModelNotFoundError(PerceiverExportError, LookupError):
+    """No model of that name (and version) is served here (HTTP 404 / gRPC NOT_FOUND)."""
