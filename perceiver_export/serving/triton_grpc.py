@@ -106,11 +106,18 @@ def extension_handler(config_for: Callable[[str, str], Mapping], stats_for: Call
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
 
+    def not_found(context, error: ModelNotFoundError, empty):
+        # A status set and an empty message returned, not context.abort(): abort raises, and KServe's interceptor
+        # logs every exception that passes it as an internal error with a traceback.
+        context.set_code(grpc.StatusCode.NOT_FOUND)
+        context.set_details(str(error))
+        return empty
+
     async def model_config(request, context):
         try:
             config = config_for(request.name, request.version)
         except ModelNotFoundError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            return not_found(context, e, messages.ModelConfigResponse())
         response = messages.ModelConfigResponse()
         json_format.ParseDict(config, response.config)
         return response
@@ -119,7 +126,7 @@ def extension_handler(config_for: Callable[[str, str], Mapping], stats_for: Call
         try:
             stats = stats_for(request.name, request.version)
         except ModelNotFoundError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+            return not_found(context, e, messages.ModelStatisticsResponse())
         return json_format.ParseDict(stats, messages.ModelStatisticsResponse())
 
     def failed(request, error: BaseException) -> bytes:
