@@ -133,18 +133,22 @@ class ServedModel:
             elapsed = time.perf_counter() - start
             self.metrics.requests.labels(self.name, protocol, status).inc()
             self.metrics.latency.labels(self.name, protocol).observe(elapsed)
-            if self.statistics is not None and status != "invalid_argument":
+            if self.statistics is not None:
+                ns = {k: int(v * 1e9) for k, v in timing.items()}
                 if status == "ok":
-                    self.statistics.record_success(elapsed, timing.get("queue_s", 0.0))
+                    self.statistics.record_success(ns.get("queue_s", 0), ns.get("compute_input_s", 0),
+                                                   ns.get("compute_infer_s", 0), ns.get("compute_output_s", 0),
+                                                   int(elapsed * 1e9), rows=int(feeds[self.contract.inputs[0].name].shape[0]))
                 else:
-                    self.statistics.record_failure(elapsed)
+                    self.statistics.record_failure(int(elapsed * 1e9))
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.batch_size.labels(self.name).observe(stats.batch)
         self.metrics.batch_requests.labels(self.name).observe(stats.requests)
         self.metrics.batch_seconds.labels(self.name).observe(stats.seconds)
         if self.statistics is not None and stats.error is None:
-            self.statistics.record_batch(stats)
+            self.statistics.record_batch(stats.batch, int(stats.assemble_seconds * 1e9), int(stats.seconds * 1e9),
+                                         int(stats.split_seconds * 1e9))
 
 
 __all__ = ["CONTROL_MODES", "MODEL_VERSION", "ServedModel"]

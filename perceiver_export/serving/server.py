@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..runtime import load
 from ..runtime.base import Runner
 from .batcher import DynamicBatcher
-from .model import CONTROL_MODES, ServedModel
+from .model import CONTROL_MODES, MODEL_VERSION, ServedModel
 
 # Bytes per element a JSON request may spend ("-1.23456789e-05," is 16), and what the rest of it may take.
 JSON_BYTES_PER_VALUE = {"bool": 6}
@@ -268,7 +268,10 @@ async def serve(directory: str | Path, options: ServeOptions,
     from grpc import aio
 
     from .grpc_service import make_servicer
+    from .model_config import served_model_config
     from .rest import make_rest_app
+    from .statistics import InferenceStatistics
+    from .triton_grpc import extension_handler
 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "perceiver_export"):
         logging.getLogger(name).setLevel(options.log_level.upper())
@@ -288,6 +291,7 @@ async def serve(directory: str | Path, options: ServeOptions,
 
     model = ServedModel(directory, options.name, options.model_control_mode, lambda: load_runner(directory, options),
                         make_batcher, metrics, platform=f"perceiver-export_{options.backend}")
+    model.statistics = InferenceStatistics(model.name, MODEL_VERSION)
     await model.load(initial=True)
     metrics.queue_depth.labels(model.name).set_function(lambda: model.batcher.queue_depth if model.batcher else 0)
     limit = options.max_request_bytes or default_max_request_bytes(model.contract)
@@ -295,9 +299,25 @@ async def serve(directory: str | Path, options: ServeOptions,
         raise ConfigError(f"--max-request-bytes must be >= 1, got {limit}")
     extensions = served_extensions(options.model_control_mode)
 
+    served_config = served_model_config(
+        model.contract, model.name, max_batch_size=model.max_batch_size,
+        max_queue_delay_us=int(options.max_queue_delay_ms * 1000), max_queue_size=options.max_queue,
+        timeout_us=int(options.timeout_ms * 1000) if options.timeout_ms else None, backend="perceiver_export",
+        kind="KIND_GPU" if options.device and "cuda" in str(options.device) or options.backend == "tensorrt" else "KIND_CPU")
+
+    def config_for(name: str, version: str) -> dict:
+        model.check(name, version)
+        return served_config
+
+    def stats_for(name: str, version: str) -> dict:
+        if name or version:  # no name: every model's statistics
+            model.check(name, version)
+        return model.statistics.as_json()
+
     app = make_rest_app(model, extensions=extensions, max_request_bytes=limit, allow_non_finite=options.allow_non_finite,
-                        model_config=lambda: {}, statistics=None, metrics_body=metrics_body)
-    config = uvicorn.Config(app, host=options.host, port=options.http_port, log_config=None,
+                        model_config=lambda: served_config, statistics=lambda: model.statistics.as_json(),
+                        metrics_body=metrics_body)
+    http_config = uvicorn.Config(app, host=options.host, port=options.http_port, log_config=None,
                             log_level=options.log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=int(options.grace_s), timeout_keep_alive=options.keep_alive_s,
                             http=guarded_http_protocol(limit, options.request_timeout_s, options.keep_alive_s))
@@ -311,14 +331,14 @@ async def serve(directory: str | Path, options: ServeOptions,
 
             return contextlib.nullcontext()
 
-    http_server = QuietServer(config)
+    http_server = QuietServer(http_config)
     http_socket = _listening_socket(options.host, options.http_port)
 
     grpc_server = aio.server(options=[("grpc.max_send_message_length", -1),
                                       ("grpc.max_receive_message_length", limit)])
-    handlers, _infer, _answer = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite)
-    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
-                                                                               handlers),))
+    handlers, infer_request, _ = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite)
+    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),
+                                          extension_handler(config_for, stats_for, infer_request)))
     host = f"[{options.host}]" if ":" in options.host else options.host
     try:
         grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")
