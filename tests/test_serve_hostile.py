@@ -270,7 +270,7 @@ def model_control_is_refused(served, runner):
     assert c.is_model_ready(MODEL) and thttp.InferenceServerClient(served.http).is_model_ready(MODEL)
     assert close(c.infer(MODEL, triton_inputs(tgrpc, feeds)).as_numpy("out"), runner.infer(feeds))
     extensions = json.loads(request(served, "GET", "/v2")[2])["extensions"]
-    assert "model_repository_extension" not in extensions, extensions
+    assert "model_repository" not in extensions, extensions
 
 
 def test_explicit_model_control_unloads_and_loads_over_both_protocols(tiny_fp32, runner):
@@ -278,7 +278,7 @@ def test_explicit_model_control_unloads_and_loads_over_both_protocols(tiny_fp32,
     body, headers = binary_body(feeds)
     with Served(tiny_fp32.directory, "--model-control-mode", "explicit") as s:
         g = tgrpc.InferenceServerClient(s.grpc)
-        assert "model_repository_extension" in json.loads(request(s, "GET", "/v2")[2])["extensions"]
+        assert "model_repository" in json.loads(request(s, "GET", "/v2")[2])["extensions"]
         for protocol in ("http", "grpc"):
             if protocol == "http":
                 status, _, data = request(s, "POST", f"/v2/repository/models/{MODEL}/unload")
@@ -532,7 +532,7 @@ def test_versions_routes_and_methods_answer_as_the_spec_says(served):
                        f"POST /v2/models/{MODEL}/bogus": 404, f"GET /v2/models/{MODEL}/infer": 405}
     extensions = json.loads(request(served, "GET", "/v2")[2])["extensions"]
     assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(extensions), extensions
-    assert "model_repository_extension" not in extensions, extensions
+    assert "model_repository" not in extensions, extensions
 
 
 def test_grpc_model_versions_other_than_1_are_not_found(served, runner):
