@@ -82,7 +82,8 @@ def decode_tensor(contract: IOContract, name: str, datatype: str, shape: Sequenc
         raise InputError(f"input {name!r}: no data (neither a JSON 'data' field nor binary data)")
     else:
         with np.errstate(over="ignore"):  # past the datatype's range is Inf, refused below
-            array = _json_values(name, expected_type, data, shape, count).astype(dtype).reshape(shape)
+            array = _json_values(name, expected_type, data, shape, count, allow_non_finite).astype(
+                dtype, copy=False).reshape(shape)
     if dtype.kind != "b" and not allow_non_finite:
         check_finite(name, array)
     return array
@@ -100,7 +101,8 @@ def check_finite(name: str, array: np.ndarray) -> None:
         )
 
 
-def _json_values(name: str, wire: str, data: Any, shape: Sequence[int], count: int) -> np.ndarray:
+def _json_values(name: str, wire: str, data: Any, shape: Sequence[int], count: int,
+                 allow_non_finite: bool = False) -> np.ndarray:
     """JSON tensor data (flat, or nested to exactly `shape`) as a flat float64 or bool array, without a Python
     object per element for simdjson arrays (a 50 MB body costs its bytes, not a list of floats)."""
     if isinstance(data, np.ndarray):
@@ -111,9 +113,10 @@ def _json_values(name: str, wire: str, data: Any, shape: Sequence[int], count: i
             values = _simdjson_bools(data) if wire == "BOOL" else np.frombuffer(data.as_buffer(of_type="d"), np.float64)
         except (TypeError, ValueError):
             values = None
+        if values is None and wire != "BOOL":
+            values = _spelled_non_finite(name, wire, data, allow_non_finite)
         if values is None:
-            kind = "true/false" if wire == "BOOL" else "numbers"
-            raise InputError(f"input {name!r}: {wire} data must be {kind} (a JSON null or string is not one)")
+            raise InputError(f"input {name!r}: {wire} data must be true/false (a JSON null, number or string is not one)")
     elif isinstance(data, list):
         try:
             values = np.asarray(data, dtype=None if wire == "BOOL" else np.float64).ravel()
@@ -130,6 +133,40 @@ def _json_values(name: str, wire: str, data: Any, shape: Sequence[int], count: i
         raise InputError(f"input {name!r}: BOOL data must be true/false, got {values.dtype.name} values")
     if wire != "BOOL" and values.dtype.kind not in "fiu":
         raise InputError(f"input {name!r}: {wire} data must be numbers, got {values.dtype.name} values")
+    return values
+
+
+SPELLED_NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
+                      "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+
+
+def _spelled_non_finite(name: str, wire: str, data: "simdjson.Array", allow: bool) -> np.ndarray:
+    """The slow path of number data simdjson would not read as doubles: the first value that is not a number is
+    named by its flat index. Strings spelling NaN or Inf ("NaN", "Infinity", "-inf", ...) are refused as NaN and
+    Inf are, or read as them with `allow` (they are how this server writes them in JSON outputs)."""
+    flat: list = []
+
+    def walk(x):
+        for item in x:
+            if isinstance(item, simdjson.Array):
+                walk(item)
+            else:
+                flat.append(item)
+
+    walk(data)
+    values = np.empty(len(flat), dtype=np.float64)
+    for i, item in enumerate(flat):
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            values[i] = item
+            continue
+        spelled = SPELLED_NON_FINITE.get(item.lower()) if isinstance(item, str) else None
+        if spelled is None:
+            raise InputError(f"input {name!r}: {wire} data must be numbers: element at flat index {i} is "
+                             f"{orjson.dumps(item).decode()[:40]}")
+        if not allow:
+            raise InputError(f"input {name!r}: element at flat index {i} is {item!r} (NaN and Inf are refused; start "
+                             "serve with --allow-non-finite to accept them)")
+        values[i] = spelled
     return values
 
 
@@ -189,8 +226,8 @@ def _parameters(obj: Any, where: str) -> dict:
     return params
 
 
-def decode_rest(contract: IOContract, body: bytes, header_length: str | None, *,
-                allow_non_finite: bool = False) -> RestRequest:
+def decode_rest(contract: IOContract, body: bytes | bytearray, header_length: str | None, *,
+                allow_non_finite: bool = False, lift: bool = True) -> RestRequest:
     """An inference request body (JSON, optionally followed by binary tensor data) as checked arrays.
 
     The JSON is parsed with simdjson, and tensor data goes from its parse straight into numpy buffers: the
@@ -206,9 +243,13 @@ def decode_rest(contract: IOContract, body: bytes, header_length: str | None, *,
             raise InputError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
         if not 0 < json_end <= len(body):
             raise InputError(f"Inference-Header-Content-Length is {json_end} but the body has {len(body)} bytes")
+    spans: dict[str, bytes] = {}
+    text = view[:json_end] if json_end != len(body) else body
+    if lift and json_end >= LARGE_JSON_BYTES:
+        text, spans = _lift_number_arrays(bytes(text))
     parser = simdjson.Parser()
     try:
-        request = parser.parse(bytes(view[:json_end]) if json_end != len(body) else bytes(body))
+        request = parser.parse(text)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"malformed request: not valid JSON ({e})") from None
     if not isinstance(request, simdjson.Object) or not isinstance(request.get("inputs"), simdjson.Array):
@@ -234,8 +275,15 @@ def decode_rest(contract: IOContract, body: bytes, header_length: str | None, *,
                     "binary data are left in the body"
                 )
             raw, offset = view[offset:offset + size], offset + size
+        data = item.get("data")
+        if isinstance(data, str) and data in spans:
+            data = _number_array(name, spans.pop(data))
         feeds[name] = decode_tensor(contract, name, _plain(item.get("datatype", "")), _plain(item.get("shape")),
-                                    raw=raw, data=item.get("data"), allow_non_finite=allow_non_finite)
+                                    raw=raw, data=data, allow_non_finite=allow_non_finite)
+    if spans:  # a lifted array that was not an input's data (a parameter's, say): read the body as it is
+        del parser, request
+        return decode_rest(contract, body, header_length,
+                           allow_non_finite=allow_non_finite, lift=False)
     if offset != len(body):
         raise InputError(f"the body has {len(body) - offset} bytes of binary data that no input claims")
     outputs: dict[str, bool] = {}
@@ -253,6 +301,56 @@ def decode_rest(contract: IOContract, body: bytes, header_length: str | None, *,
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"malformed request: 'id' must be a string, got {type(request_id).__name__}")
     return RestRequest(request_id, feeds, outputs, binary_default)
+
+
+# A JSON part at least this large has its flat number arrays read by numpy's text parser (which releases the
+# GIL and writes float32 straight away) instead of simdjson, whose parse holds the GIL and keeps 16 bytes per number.
+LARGE_JSON_BYTES = 1 << 20
+LIFTED_BYTES = 64 * 1024  # arrays smaller than this stay in the JSON
+NUMBER_CHARS = b"0123456789eE+-., \t\r\n"
+CHECK_STEP = 4 << 20
+
+
+def _lift_number_arrays(text: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """`text` with each large flat array of plain numbers that is a `"data"` value replaced by a placeholder
+    string, and the arrays' inner text by placeholder. Anything else (nested arrays, strings, NaN spellings) stays
+    for simdjson. A placeholder contains a NUL, which a JSON string can only spell as an escape."""
+    pieces, spans, done, at = [], {}, 0, 0
+    while (at := text.find(b'"data"', at)) >= 0:
+        i = at + 6
+        while i < len(text) and text[i] in b" \t\r\n":
+            i += 1
+        if i >= len(text) or text[i] != ord(":"):
+            at = i
+            continue
+        i += 1
+        while i < len(text) and text[i] in b" \t\r\n":
+            i += 1
+        end = text.find(b"]", i)
+        if i >= len(text) or text[i] != ord("[") or end < 0 or end - i < LIFTED_BYTES:
+            at = i
+            continue
+        inner = text[i + 1:end]
+        # In 4 MB steps, so that the event loop's thread gets the GIL between them.
+        if any(inner[k:k + CHECK_STEP].translate(None, NUMBER_CHARS) for k in range(0, len(inner), CHECK_STEP)):
+            at = end  # a nested array, a string, a literal: simdjson reads it
+            continue
+        key = f"lifted{len(spans)}"
+        pieces += [text[done:i], b'"\\u0000', key.encode(), b'"']  # JSON "\u0000liftedN", the string NUL + liftedN
+        spans["\x00" + key] = inner
+        done = at = end + 1
+    if not spans:
+        return text, {}
+    pieces.append(text[done:])
+    return b"".join(pieces), spans
+
+
+def _number_array(name: str, inner: bytes) -> np.ndarray:
+    """A lifted array's numbers as float32 (past float32's range: Inf, refused as such)."""
+    try:
+        return np.fromstring(inner, dtype=np.float32, sep=",")
+    except ValueError:
+        raise InputError(f"input {name!r}: JSON data is not an array of numbers") from None
 
 
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}

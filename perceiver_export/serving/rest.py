@@ -52,7 +52,7 @@ def status_of(error: Exception) -> int:
     return 500
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytearray:
     """The whole body, refused with `RequestTooLargeError` as soon as it passes `limit` bytes."""
     body = bytearray()
     async for chunk in request.stream():
@@ -60,7 +60,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise RequestTooLargeError(f"the request body is larger than the server's limit of {limit} bytes "
                                        "(--max-request-bytes)")
-    return bytes(body)
+    return body  # not copied into bytes: a large body would be held twice
 
 
 def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_bytes: int, allow_non_finite: bool,
