@@ -140,9 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-ms", type=float, help="per-request timeout; past it: 504 / DEADLINE_EXCEEDED (default none)")
     serve.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, at most this long to answer queued and in-flight requests (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="server log level (default warning)")
-    load = sub.add_parser("loadtest", help="closed-loop tritonclient clients against a real `serve` process: latency, req/s, batching on vs off")
+    load = sub.add_parser("loadtest", help="closed-loop clients (tritonclient or perf_analyzer) against a real `serve` process: latency, req/s, batching on vs off")
     load.add_argument("dir", type=Path, help="artifact directory")
-    load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200)")
+    load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer"],
+                      help="the load generator: tritonclient (default) or Triton's perf_analyzer "
+                           "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes)")
+    load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200; "
+                      "perf_analyzer: at least this many per measurement window)")
     load.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     load.add_argument("--protocols", default="grpc,http", help="grpc, http or both (default grpc,http)")
     load.add_argument("--q-len", type=int, help="q_len of every request (default: the artifact's opt)")
@@ -427,7 +431,7 @@ def cmd_loadtest(args, console: Console) -> int:
     settings = LoadSettings(requests=args.requests, concurrency=concurrency, protocols=protocols, q_len=args.q_len,
                             k_len=args.k_len, v_len=args.v_len, max_batch_size=args.max_batch_size,
                             max_queue_delay_ms=args.max_queue_delay_ms, threads=args.threads, backend=args.backend,
-                            graph=args.graph, timeout_s=args.timeout_s)
+                            graph=args.graph, timeout_s=args.timeout_s, client=args.client)
     with console.status("load test") as status:
         data = run_loadtest(args.dir, settings, progress=lambda msg: status.update(msg))
     print_loadtest(data, console)
