@@ -38,19 +38,29 @@ def flag_values(command: list[str], flag: str) -> list[str]:
 
 # ---- the command line, from the contract ------------------------------------------------------
 def test_command_line_states_every_input_at_the_contracts_opt_sizes(contract, tmp_path):
-    settings = pa.PerfSettings(protocol="grpc", concurrency=[4], batch=2, requests=50, max_trials=3)
+    settings = pa.PerfSettings(protocol="grpc", concurrency=[4], batch=2, requests=50, warmup=3)
     command = pa.build_command(contract, "perceiver-tiny", "127.0.0.1:8001", settings, max_batch_size=4,
                                csv_path=tmp_path / "r.csv", data_path=tmp_path / "d.json", perf_analyzer=["PA"])
     assert command[:9] == ["PA", "-m", "perceiver-tiny", "-u", "127.0.0.1:8001", "-i", "grpc", "-b", "2"]
     # the batch dim is -b's where the config batches; q at q_len opt 8, k at k_len opt 8, v at v_len opt 6
     assert flag_values(command, "--shape") == ["q:8,32", "k:8,32", "v:6,32"]
     assert flag_values(command, "--concurrency-range") == ["4"]
-    assert flag_values(command, "--measurement-mode") == ["count_windows"]
-    assert flag_values(command, "--measurement-request-count") == ["50"]
-    assert flag_values(command, "--max-trials") == ["3"]
+    assert flag_values(command, "--request-count") == ["50"]  # one measurement of exactly 50 requests
+    assert flag_values(command, "--warmup-request-count") == ["3"]
+    assert "--measurement-mode" not in command
     assert flag_values(command, "-f") == [str(tmp_path / "r.csv")]
     assert flag_values(command, "--input-data") == [str(tmp_path / "d.json")]
     assert "--streaming" not in command
+
+
+def test_command_line_with_tritons_stable_measurement(contract, tmp_path):
+    settings = pa.PerfSettings(stabilize=True, requests=30, max_trials=3, stability_percent=20, interval_ms=1500)
+    command = pa.build_command(contract, "m", "127.0.0.1:8001", settings, max_batch_size=4,
+                               csv_path=tmp_path / "r.csv", perf_analyzer=["PA"])
+    assert flag_values(command, "--measurement-mode") == ["count_windows"]
+    assert flag_values(command, "--measurement-request-count") == ["30"]
+    assert flag_values(command, "--max-trials") == ["3"] and flag_values(command, "-s") == ["20"]
+    assert flag_values(command, "-p") == ["1500"] and "--request-count" not in command
 
 
 def test_command_line_without_triton_batching_writes_the_batch_dim_and_the_mask(contract, tmp_path):
@@ -159,7 +169,7 @@ def test_perf_analyzer_drives_serve(served_tiny, protocol, streaming, tmp_path):
                                settings, max_batch_size=max_batch, workdir=tmp_path)
     assert time.monotonic() - start < 60
     (row,) = run["results"]
-    assert row["concurrency"] == 2 and row["rps"] > 0, run["output"]
+    assert row["concurrency"] == 2 and row["requests"] == 40 and row["rps"] > 0, run["output"]
     assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"], row
     assert batch_rows(server.http) - before >= 40  # the server answered at least one window's requests
     assert ("--streaming" in run["command"][0]) == streaming
@@ -177,7 +187,7 @@ def test_loadtest_with_perf_analyzer(tiny_fp32, tmp_path):
     cells = {(r["mode"], r["protocol"], r["concurrency"]) for r in data["runs"]}
     assert cells == {(m, p, c) for m in ("batching off", "batching on") for p in ("grpc", "http") for c in (1, 3)}
     for run in data["runs"]:
-        assert run["client"] == "perf_analyzer" and run["rps"] > 0, run
+        assert run["client"] == "perf_analyzer" and run["rps"] > 0 and run["requests"] == 20, run
         assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"]
         if run["mode"] == "batching off":
             assert run["mean_batch"] == 1.0

@@ -145,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer"],
                       help="the load generator: tritonclient (default) or Triton's perf_analyzer "
                            "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes)")
-    load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200; "
-                      "perf_analyzer: at least this many per measurement window)")
+    load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200)")
     load.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     load.add_argument("--protocols", default="grpc,http", help="grpc, http or both (default grpc,http)")
     load.add_argument("--q-len", type=int, help="q_len of every request (default: the artifact's opt)")

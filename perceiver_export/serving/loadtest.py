@@ -228,8 +228,8 @@ def measure_level(servers: dict[str, ServerProcess], model: str, protocol: str, 
 
 def measure_level_perf_analyzer(servers: dict[str, ServerProcess], model: str, protocol: str, concurrency: int,
                                 contract, settings: LoadSettings, deadline: float) -> list[dict]:
-    """One protocol and concurrency on every server in turn, each a bounded perf_analyzer run (at least
-    `settings.requests` requests per measurement window); the mean batch from each server's /metrics as above."""
+    """One protocol and concurrency on every server in turn, each a perf_analyzer run of exactly `settings.requests`
+    requests; the mean batch from each server's /metrics as above."""
     from .perf_analyzer import PerfSettings, run_perf_analyzer, served_max_batch_size
 
     results = []
@@ -246,7 +246,7 @@ def measure_level_perf_analyzer(servers: dict[str, ServerProcess], model: str, p
         calls = after[1] - before[1]
         row = run["results"][0]
         results.append({"mode": mode, "protocol": protocol, "client": "perf_analyzer", "concurrency": concurrency,
-                        "window_requests": settings.requests, "rps": row["rps"], "p50_ms": row["p50_ms"],
+                        "requests": row["requests"], "rps": row["rps"], "p50_ms": row["p50_ms"],
                         "p90_ms": row["p90_ms"], "p99_ms": row["p99_ms"], "mean_ms": row["mean_ms"],
                         "server_queue_ms": row["server_queue_ms"], "server_compute_ms": row["server_compute_ms"],
                         "errors": 0, "first_error": None,  # perf_analyzer stops at a failed request (raised above)

@@ -1,5 +1,5 @@
 """Triton's own load generator, perf_analyzer, pointed at `serve`: where its binary is, its command line from the I/O
-contract, a bounded run and its CSV report read back.
+contract, a bounded run (exactly N requests per level, and a timeout) and its CSV report read back.
 
 perf_analyzer (PyPI `perf-analyzer`) is one C++ binary built for glibc 2.38. Where the system's glibc is older
 (Debian 12: 2.36) scripts/install_perf_analyzer.sh lays out the wheel and Debian 13's C runtime in
@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -101,10 +102,15 @@ class PerfSettings:
     protocol: str = "grpc"  # grpc | http
     concurrency: list[int] = field(default_factory=lambda: [1])
     batch: int = 1  # -b: rows per request
-    requests: int = 100  # --measurement-request-count: at least this many requests per window (count_windows)
-    max_trials: int = 4  # --max-trials: windows per concurrency before perf_analyzer gives up on stability
-    stability_percent: int = 50  # -s: a shared 2-core machine is never within Triton's default 10 %
-    interval_ms: int = 2000  # -p: the window length perf_analyzer falls back to
+    requests: int = 100  # --request-count: exactly this many measured requests per level (bounded in count)
+    warmup: int = 4  # --warmup-request-count: sent before, not measured
+    # stabilize: Triton's own measurement instead, windows of at least `requests` requests (count_windows) until three
+    # agree within `stability_percent`, at most `max_trials` windows; an unstable level fails (perf_analyzer exits 2,
+    # "Failed to obtain stable measurement"), which a shared 2-core machine often is at Triton's default 10 %.
+    stabilize: bool = False
+    max_trials: int = 4
+    stability_percent: int = 50
+    interval_ms: int = 2000  # -p: the window length where perf_analyzer falls back to time windows
     streaming: bool = False  # --streaming: gRPC ModelStreamInfer
     mask: str = "omit"  # the optional mask: "omit" (not sent; the server attends to all) or "all-true" (sent, all True)
     data_steps: int = 4  # distinct requests in the --input-data file, sent round-robin
@@ -181,9 +187,13 @@ def build_command(contract: IOContract, model: str, url: str, settings: PerfSett
     if len(levels) > 1:
         raise ConfigError(f"one concurrency level per perf_analyzer command line, got {levels}")
     command += ["--concurrency-range", str(levels[0])]
-    command += ["--measurement-mode", "count_windows", "--measurement-request-count", str(settings.requests),
-                "-p", str(settings.interval_ms), "--max-trials", str(settings.max_trials),
-                "-s", str(settings.stability_percent), "--percentile", "99", "-f", str(csv_path)]
+    if settings.stabilize:
+        command += ["--measurement-mode", "count_windows", "--measurement-request-count", str(settings.requests),
+                    "-p", str(settings.interval_ms), "--max-trials", str(settings.max_trials),
+                    "-s", str(settings.stability_percent), "--percentile", "99"]
+    else:  # one measurement of exactly `requests` requests: bounded in count, never "unstable"
+        command += ["--request-count", str(settings.requests)]
+    command += ["--warmup-request-count", str(settings.warmup), "-f", str(csv_path)]
     if settings.streaming:
         command.append("--streaming")
     return command
@@ -216,6 +226,27 @@ def parse_csv(text: str) -> list[dict]:
     if not rows:
         raise ConfigError("perf_analyzer's CSV report has no rows")
     return rows
+
+
+LEVEL = re.compile(r"^Request concurrency: (\d+)$", re.M)
+CLIENT_FIGURES = {"requests": re.compile(r"^\s*Request count: (\d+)", re.M),
+                  "mean_ms": re.compile(r"^\s*Avg latency: (\d+) usec", re.M)}
+
+
+def parse_summary(output: str) -> dict[int, dict]:
+    """What perf_analyzer prints per concurrency level and its CSV lacks: the measured request count and (in its
+    --request-count mode) the mean latency."""
+    found = {}
+    starts = list(LEVEL.finditer(output))
+    for i, m in enumerate(starts):
+        block = output[m.end():starts[i + 1].start() if i + 1 < len(starts) else len(output)]
+        figures = {}
+        for key, pattern in CLIENT_FIGURES.items():
+            hit = pattern.search(block)
+            if hit:
+                figures[key] = int(hit.group(1)) if key == "requests" else round(int(hit.group(1)) / 1e3, 3)
+        found[int(m.group(1))] = figures
+    return found
 
 
 def served_max_batch_size(http: str, model: str) -> int:
@@ -254,12 +285,17 @@ def run_perf_analyzer(contract: IOContract, model: str, url: str, settings: Perf
             outputs.append(output)
             if done.returncode != 0 or not csv_path.exists():
                 raise ConfigError(f"perf_analyzer exited {done.returncode} (concurrency {level}): {output.strip()[-3000:]}")
-            results += parse_csv(csv_path.read_text())
+            summary = parse_summary(done.stdout)
+            for row in parse_csv(csv_path.read_text()):
+                figures = summary.get(row["concurrency"], {})
+                row["requests"] = figures.get("requests")
+                row["mean_ms"] = row["mean_ms"] if row["mean_ms"] is not None else figures.get("mean_ms")
+                results.append(row)
         return {"command": commands, "results": results, "output": outputs}
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "parse_csv", "perf_analyzer_command",
+__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "parse_csv", "parse_summary", "perf_analyzer_command",
            "request_shapes", "run_perf_analyzer", "served_max_batch_size", "write_input_data"]
