@@ -56,3 +56,15 @@ class DeadlineExceededError(ServingError):
 
 class BatchFailedError(ServingError):
     """The backend failed on the batch that carried this request (HTTP 500 / gRPC INTERNAL)."""
+
+
+class ModelNotFoundError(ServingError):
+    """No model of that name (or version) is served here (HTTP 404 / gRPC NOT_FOUND)."""
+
+
+class ModelControlError(ServingError):
+    """A load or unload the server's model control mode does not allow (HTTP 400 / gRPC FAILED_PRECONDITION)."""
+
+
+class RequestTooLargeError(ServingError):
+    """The request is larger than the server's request size limit (HTTP 413 / gRPC RESOURCE_EXHAUSTED)."""

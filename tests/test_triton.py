@@ -368,3 +368,22 @@ def test_default_graph_is_the_manifests_choice_on_a_cpu_instance_and_plain_elsew
     note = ("serving the plain graph: the artifact's default graph 'optimized' was chosen for ONNX Runtime on a CPU "
             "(median ms at the opt shape on this machine, Test CPU); --kind cpu serves it, --graph optimized serves it on any instance")
     assert (note in result.notes) == noted
+
+
+def test_repo_configs_are_their_json_form_and_mark_no_input_optional(artifact_copy, tmp_path):
+    # The contract's optional mask stays required here: the exported graph needs it (ONNX Runtime refuses a feed
+    # without it) and Triton's tensorrt backend refuses to load a model with an optional input. `serve` marks it
+    # optional (tests/test_model_config.py), since it fills an absent mask itself.
+    from google.protobuf import json_format
+
+    add_datacenter_engine(artifact_copy, "h100.engine", ["sm90"])
+    result = write_triton_repo(artifact_copy, tmp_path / "repo")
+    contract = read_manifest(artifact_copy).contract
+    assert {t.name for t in contract.inputs if t.optional} == {"mask"}
+    assert [m.platform for m in result.models] == ["onnxruntime_onnx", "tensorrt_plan"]
+    for model in result.models:
+        config = parsed(tmp_path / "repo" / model.name / "config.pbtxt")
+        assert config == json_format.ParseDict(model.settings, model_config_pb2.ModelConfig())
+        assert [t.name for t in config.input] == ["q", "k", "v", "mask"]
+        assert [t.name for t in config.input if t.optional] == []
+    assert result.models[1].settings["cc_model_filenames"] == {"9.0": "model.sm90.plan"}

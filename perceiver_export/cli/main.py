@@ -140,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-ms", type=float, help="per-request timeout; past it: 504 / DEADLINE_EXCEEDED (default none)")
     serve.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, at most this long to answer queued and in-flight requests (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="server log level (default warning)")
+    serve.add_argument("--model-control-mode", default="none", choices=["none", "explicit"],
+                       help="as Triton's: none refuses load/unload requests; explicit allows them (default none)")
+    serve.add_argument("--max-request-bytes", type=int,
+                       help="largest request body (HTTP) or message (gRPC); past it: 413 / RESOURCE_EXHAUSTED "
+                            "(default: the largest valid request in JSON, from the contract's max shapes)")
+    serve.add_argument("--request-timeout-s", type=float, default=30.0,
+                       help="a request's headers and body must arrive within this; past it: 408, connection closed (default 30)")
+    serve.add_argument("--keep-alive-s", type=float, default=5.0, help="idle connections are closed after this (default 5)")
+    serve.add_argument("--allow-non-finite", action="store_true",
+                       help="accept NaN and Inf in floating-point inputs (default: 400 naming the first one)")
     load = sub.add_parser("loadtest", help="closed-loop clients (tritonclient or perf_analyzer) against a real `serve` process: latency, req/s, batching on vs off")
     load.add_argument("dir", type=Path, help="artifact directory")
     load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer"],
@@ -404,6 +414,8 @@ def cmd_serve(args, console: Console) -> int:
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, name=args.name,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
         timeout_ms=args.timeout_ms, grace_s=args.grace_s, log_level=args.log_level,
+        model_control_mode=args.model_control_mode, max_request_bytes=args.max_request_bytes,
+        request_timeout_s=args.request_timeout_s, keep_alive_s=args.keep_alive_s, allow_non_finite=args.allow_non_finite,
     )
 
     def on_listening(info: dict) -> None:

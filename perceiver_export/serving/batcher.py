@@ -36,18 +36,23 @@ class BatchStats:
 
     requests: int
     batch: int  # rows sent to the backend
-    seconds: float
+    seconds: float  # the backend call
     padded: bool
     error: str | None = None
+    assemble_seconds: float = 0.0  # concatenating and padding the inputs (Triton's compute_input)
+    split_seconds: float = 0.0  # splitting the output per request (Triton's compute_output)
+    queued_seconds: tuple[float, ...] = ()  # each request's wait from arrival to its batch's start
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its feeds are numpy arrays
 class _Pending:
     feeds: dict[str, np.ndarray]
     sizes: dict[str, int]
     key: tuple
     future: asyncio.Future
     arrival: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when its batch began (monotonic)
+    compute: tuple[float, float, float] = (0.0, 0.0, 0.0)  # its batch's assemble, backend call, split seconds
 
     @property
     def rows(self) -> int:
@@ -143,8 +148,12 @@ class DynamicBatcher:
         return not self._closing
 
     # ---- requests ---------------------------------------------------------------------------
-    async def infer(self, feeds: Mapping[str, Any]) -> np.ndarray:
-        """The runner's answer for these inputs, computed in a batch with others where they fit."""
+    async def infer(self, feeds: Mapping[str, Any], timing: dict | None = None) -> np.ndarray:
+        """The runner's answer for these inputs, computed in a batch with others where they fit.
+
+        `timing`, when given, receives `queue_s` (how long the request waited for its batch to start) and
+        `compute_input_s`, `compute_infer_s`, `compute_output_s` (its batch's assembly, backend call and split).
+        """
         if self._closing:
             raise OverloadedError("shutting down: no new requests are taken")
         if self._worker is None:
@@ -159,13 +168,20 @@ class DynamicBatcher:
         self._wakeup.set()
         try:
             if self.timeout is None:
-                return await asyncio.shield(future)
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+                out = await asyncio.shield(future)
+            else:
+                out = await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            if timing is not None and pending.started is not None:
+                timing["queue_s"] = pending.started - pending.arrival
+                timing["compute_input_s"], timing["compute_infer_s"], timing["compute_output_s"] = pending.compute
+            return out
         except asyncio.TimeoutError:
+            # By identity: `in` would compare _Pending dataclasses field by field, numpy arrays included.
+            queued = any(p is pending for p in self._queue)
             future.cancel()  # still queued: it will not run; already running: its answer is dropped
             raise DeadlineExceededError(
                 f"no answer within the request timeout of {self.timeout * 1e3:g} ms "
-                f"({'still queued' if pending in self._queue else 'in a running batch'})"
+                f"({'still queued' if queued else 'in a running batch'})"
             ) from None
         except asyncio.CancelledError:
             future.cancel()  # the caller went away (a client disconnected): its request does not run
@@ -227,9 +243,15 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        for p in batch:
+            p.started = began
+        assemble_start = time.perf_counter()
         feeds, padded = self._assemble(batch)
         rows = sum(p.rows for p in batch)
         start = time.perf_counter()
+        assemble_seconds = start - assemble_start
+        split_seconds = 0.0
         self._in_flight += len(batch)
         error = None
         try:
@@ -242,15 +264,23 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(failure)
         else:
-            row = 0
+            seconds = time.perf_counter() - start
+            row, parts = 0, []
             for p in batch:
-                if not p.future.done():
-                    p.future.set_result(np.ascontiguousarray(out[row:row + p.rows]))
+                parts.append(np.ascontiguousarray(out[row:row + p.rows]))
                 row += p.rows
+            split_seconds = time.perf_counter() - start - seconds
+            for p, part in zip(batch, parts):
+                p.compute = (assemble_seconds, seconds, split_seconds)
+                if not p.future.done():
+                    p.future.set_result(part)
         finally:
             self._in_flight -= len(batch)
+        if error is not None:
+            seconds = time.perf_counter() - start
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(batch), rows, time.perf_counter() - start, padded, error))
+            self.on_batch(BatchStats(len(batch), rows, seconds, padded, error, assemble_seconds, split_seconds,
+                                     tuple(began - p.arrival for p in batch)))
 
     def _assemble(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], bool]:
         """One set of feeds for the backend; k, v padded to the group's longest with the padding masked out."""

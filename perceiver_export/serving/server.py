@@ -1,44 +1,41 @@
 """`python -m perceiver_export serve DIR`: one artifact over the Open Inference Protocol, HTTP/REST and gRPC.
 
-KServe's Python model server supplies the protocol (health, server and model metadata, readiness, gRPC, the
-error mapping of `InvalidInput` to 400 / INVALID_ARGUMENT, Prometheus `/metrics`); this module supplies the
-model: the artifact's runner behind a `DynamicBatcher`, metadata from the I/O contract, and the REST inference
-route, which decodes and encodes the binary tensor data extension with numpy buffers (KServe's own route turns
-every binary element into a Python object: ~80 ms per MB in, ~370 ms per MB out, measured on this project's
-CPU machines). We assemble KServe's REST app and gRPC servicer ourselves rather than call
-`ModelServer.start()`, because that binds every interface (0.0.0.0 and [::]) and re-raises SIGTERM after
-uvicorn's shutdown; here the address is `--host` (default 127.0.0.1) and SIGTERM drains and exits 0.
+The server is assembled here: the model (model.py: runner, batcher, model control), the REST app (rest.py), the
+gRPC service (grpc_service.py, on KServe's generated protocol classes) and Triton's extensions beside them, and
+the request limits, which are enforced where bytes arrive — a declared body past `--max-request-bytes` is
+refused with 413 before it is read, a request whose headers and body take longer than `--request-timeout-s` is
+answered 408 and its connection closed, an idle connection is closed after `--keep-alive-s`, oversized headers
+get 431, and gRPC refuses a message past the limit with RESOURCE_EXHAUSTED. We start uvicorn and grpc.aio
+ourselves rather than call KServe's `ModelServer.start()`, because that binds every interface (0.0.0.0 and [::])
+and re-raises SIGTERM after uvicorn's shutdown; here the address is `--host` (default 127.0.0.1) and SIGTERM
+drains and exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
-import time
-import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-import numpy as np
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
+import orjson
 
-from ..errors import BatchFailedError, ConfigError, DeadlineExceededError, InputError, OverloadedError, ServingError
+from ..contract import IOContract
+from ..errors import ConfigError
 from ..runtime import load
 from ..runtime.base import Runner
-from . import import_kserve
-from .batcher import BatchStats, DynamicBatcher
-from .protocol import HEADER_LENGTH, decode_rest, decode_tensor, encode_rest, tensor_metadata, wire_type
+from .batcher import DynamicBatcher
+from .model import CONTROL_MODES, MODEL_VERSION, ServedModel
 
-MODEL_VERSION = "1"
-# HTTP status and gRPC status name of each way a valid request can go unanswered (the protocol's choices).
-STATUS = {OverloadedError: (503, "unavailable"), DeadlineExceededError: (504, "deadline_exceeded"),
-          BatchFailedError: (500, "internal")}
+# Bytes per element a JSON request may spend ("-1.23456789e-05," is 16), and what the rest of it may take.
+JSON_BYTES_PER_VALUE = {"bool": 6}
+JSON_BYTES_PER_NUMBER = 16
+REQUEST_OVERHEAD_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers together (uvicorn/httptools set no limit)
 
 
 @dataclass
@@ -59,7 +56,20 @@ class ServeOptions:
     name: str | None = None  # default: the manifest's name
     grace_s: float = 30.0  # SIGTERM: at most this long to answer queued and in-flight requests
     log_level: str = "warning"
+    model_control_mode: str = "none"  # Triton's: none (load/unload refused) or explicit
+    max_request_bytes: int | None = None  # default: default_max_request_bytes(contract)
+    request_timeout_s: float = 30.0  # headers and body of one request must arrive within this
+    keep_alive_s: float = 5.0  # an idle connection is closed after this
+    allow_non_finite: bool = False  # accept NaN / Inf in floating-point inputs
 
+
+def default_max_request_bytes(contract: IOContract) -> int:
+    """The largest valid request written as JSON (every input at its max shape), plus room for the rest."""
+    total = REQUEST_OVERHEAD_BYTES
+    for spec in contract.inputs:
+        per_value = JSON_BYTES_PER_VALUE.get(spec.dtype, JSON_BYTES_PER_NUMBER)
+        total += math.prod(contract.shape(spec.name, "max")) * per_value
+    return total
 
 def load_runner(directory: str | Path, options: ServeOptions) -> Runner:
     """The artifact's runner for `options.backend`, with the backend options that apply to it."""
@@ -111,141 +121,6 @@ class Metrics:
         return cls._instance
 
 
-def _client_errors_without_traceback(record: logging.LogRecord) -> bool:
-    """KServe logs a client's bad input with a server traceback; the message alone says what was wrong."""
-    if record.exc_info and type(record.exc_info[1]).__name__ == "InvalidInput":
-        record.exc_info = record.exc_text = None
-    return True
-
-
-def make_model_class(kserve):
-    """The KServe model class (built once KServe is imported, since it subclasses `kserve.Model`)."""
-    from grpc_interceptor import exceptions as grpc_errors
-    from kserve.errors import InvalidInput
-    from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferResponse
-
-    grpc_status = {OverloadedError: grpc_errors.Unavailable, DeadlineExceededError: grpc_errors.DeadlineExceeded,
-                   BatchFailedError: grpc_errors.Internal}
-
-    class PerceiverModel(kserve.Model):
-        """An artifact as a KServe model: metadata from the contract, inference through the batcher."""
-
-        def __init__(self, name: str, runner: Runner, batcher: DynamicBatcher, metrics: Metrics):
-            super().__init__(name)
-            self.runner = runner
-            self.contract = runner.contract
-            self.batcher = batcher
-            self.metrics = metrics
-            self.inputs_metadata, self.outputs_metadata = tensor_metadata(self.contract)
-
-        def load(self) -> bool:
-            self.ready = True
-            return self.ready
-
-        def get_input_types(self) -> list[dict]:
-            return self.inputs_metadata
-
-        def get_output_types(self) -> list[dict]:
-            return self.outputs_metadata
-
-        async def infer_feeds(self, feeds: Mapping[str, np.ndarray], protocol: str) -> dict[str, np.ndarray]:
-            """Run decoded inputs through the batcher; every outcome is counted once."""
-            start = time.perf_counter()
-            status = "ok"
-            try:
-                out = await self.batcher.infer(feeds)
-                return {self.contract.outputs[0].name: out}
-            except InputError:
-                status = "invalid_argument"
-                raise
-            except ServingError as e:
-                status = STATUS[type(e)][1]
-                raise
-            except asyncio.CancelledError:
-                status = "cancelled"
-                raise
-            finally:
-                self.metrics.requests.labels(self.name, protocol, status).inc()
-                self.metrics.latency.labels(self.name, protocol).observe(time.perf_counter() - start)
-
-        async def predict(self, payload, headers: dict | None = None):
-            """gRPC requests with `contents` instead of raw bytes, which KServe decodes (see `infer_grpc`)."""
-            tensors = [(t.name, t.datatype, list(t.shape), t._raw_data, t.data) for t in payload.inputs]
-            wanted = [o.name for o in payload.request_outputs or []]
-            return await self.infer_tensors(tensors, wanted, payload.id)
-
-        async def infer_grpc(self, request) -> ModelInferResponse:
-            """A ModelInferRequest with raw input contents (tritonclient's form), straight from the protobuf."""
-            raw = request.raw_input_contents
-            if len(raw) != len(request.inputs):
-                raise InvalidInput(f"{len(request.inputs)} inputs but {len(raw)} raw input contents")
-            tensors = [(t.name, t.datatype, list(t.shape), raw[i], None) for i, t in enumerate(request.inputs)]
-            return await self.infer_tensors(tensors, [o.name for o in request.outputs], request.id)
-
-        async def infer_tensors(self, tensors: list[tuple], wanted: list[str], request_id: str | None) -> ModelInferResponse:
-            """Decoded, checked, batched and answered; errors as the gRPC statuses of the protocol."""
-            try:
-                feeds = {}
-                for name, datatype, shape, raw, data in tensors:
-                    if name in feeds:
-                        raise InputError(f"input {name!r}: given twice")
-                    feeds[name] = decode_tensor(self.contract, name, datatype, shape, raw=raw, data=data)
-                known = [o.name for o in self.contract.outputs]
-                for name in wanted:
-                    if name not in known:
-                        raise InputError(f"unknown output {name!r}: expected one of {', '.join(known)}")
-                results = await self.infer_feeds(feeds, "grpc")
-            except InputError as e:
-                raise InvalidInput(str(e)) from None
-            except ServingError as e:
-                raise grpc_status[type(e)](str(e)) from None
-            outputs, raw_outputs = [], []
-            for name in wanted or known:
-                array = np.ascontiguousarray(results[name])
-                outputs.append(ModelInferResponse.InferOutputTensor(
-                    name=name, datatype=wire_type(self.contract.spec(name)), shape=list(array.shape)))
-                raw_outputs.append(array.tobytes())
-            return ModelInferResponse(model_name=self.name, model_version=MODEL_VERSION, id=request_id or str(uuid.uuid4()),
-                                      outputs=outputs, raw_output_contents=raw_outputs)
-
-    return PerceiverModel
-
-
-def add_rest_infer_route(app, model) -> None:
-    """`POST /v2/models/{name}[/versions/1]/infer`, registered before KServe's so that it answers."""
-    async def rest_infer(request: Request, model_name: str, model_version: str | None = None):
-        if model_name != model.name or model_version not in (None, MODEL_VERSION):
-            version = f" version {model_version}" if model_version else ""
-            return JSONResponse({"error": f"Model with name {model_name}{version} does not exist."}, status_code=404)
-        if not model.ready:
-            return JSONResponse({"error": f"Model with name {model_name} is not ready."}, status_code=503)
-        try:
-            body = await request.body()
-        except ClientDisconnect:  # the client went away before its request ended: nothing to answer
-            model.metrics.requests.labels(model.name, "http", "client_disconnected").inc()
-            return Response(status_code=499)
-        try:
-            decoded = decode_rest(model.contract, body, request.headers.get(HEADER_LENGTH))
-            results = await model.infer_feeds(decoded.feeds, "http")
-        except InputError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
-        except ServingError as e:
-            return JSONResponse({"error": str(e)}, status_code=STATUS[type(e)][0])
-        body, header_length = encode_rest(model.contract, model.name, decoded, results,
-                                          decoded.id or str(uuid.uuid4()))
-        if header_length is None:
-            return Response(body, media_type="application/json")
-        return Response(body, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(header_length)})
-
-    app.add_api_route("/v2/models/{model_name}/infer", rest_infer, methods=["POST"])
-    app.add_api_route("/v2/models/{model_name}/versions/{model_version}/infer", rest_infer, methods=["POST"])
-    # Routes match in the order they were added: move ours ahead of any registered before.
-    ours = app.router.routes[-2:]
-    del app.router.routes[-2:]
-    app.router.routes[0:0] = ours
-
-
 def _listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets' connections, and without it a
@@ -262,55 +137,190 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+
+# ---- request limits, where bytes arrive ------------------------------------------------------------------
+def guarded_http_protocol(max_request_bytes: int, request_timeout_s: float, keep_alive_s: float):
+    """uvicorn's httptools protocol with the limits uvicorn lacks: a fresh connection that sends nothing is
+    closed after `keep_alive_s` (uvicorn arms its keep-alive timer only after a response), a request must
+    arrive whole within `request_timeout_s` (408, closed), a declared or streamed body past `max_request_bytes`
+    is answered 413 and the connection closed without reading further, headers past MAX_HEADER_BYTES get 431."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedHttpProtocol(HttpToolsProtocol):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._read_timer: asyncio.TimerHandle | None = None
+            self._header_bytes = 0
+            self._body_bytes = 0
+            self._refused = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(keep_alive_s, self.timeout_keep_alive_handler)
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_read_timer()
+            super().connection_lost(exc)
+
+        def refuse(self, status: int, reason: str, message: str) -> None:
+            """Answer the request being read with `status` and close: the rest of its bytes are never read."""
+            self._refused = True
+            self._cancel_read_timer()
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+                body = orjson.dumps({"error": message})
+                self.transport.write(b"".join([
+                    f"HTTP/1.1 {status} {reason}\r\n".encode(), b"content-type: application/json\r\n",
+                    f"content-length: {len(body)}\r\n".encode(), b"connection: close\r\n\r\n", body]))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:
+                super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:  # a request httptools cannot parse
+            if not self._refused:
+                self.refuse(400, "Bad Request", f"malformed HTTP request: {msg}")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = self._body_bytes = 0
+            self._cancel_read_timer()
+            self._read_timer = self.loop.call_later(request_timeout_s, self._read_timed_out)
+
+        def on_url(self, url: bytes) -> None:
+            self._count_header(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_header(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count_header(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self.refuse(431, "Request Header Fields Too Large",
+                            f"the request line and headers are larger than {MAX_HEADER_BYTES} bytes")
+                raise ConnectionAbortedError("headers too large")  # stops the parser on this connection
+
+        def on_headers_complete(self) -> None:
+            for name, value in self.headers:
+                if name == b"content-length":
+                    try:
+                        declared = int(value)
+                    except ValueError:
+                        declared = -1
+                    if declared > max_request_bytes:
+                        self.refuse(413, "Content Too Large",
+                                    f"the request body of {declared} bytes is larger than the server's limit of "
+                                    f"{max_request_bytes} bytes (--max-request-bytes)")
+                        raise ConnectionAbortedError("body too large")
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._refused:
+                return
+            self._body_bytes += len(body)
+            if self._body_bytes > max_request_bytes:
+                self.refuse(413, "Content Too Large", f"the request body is larger than the server's limit of "
+                                                      f"{max_request_bytes} bytes (--max-request-bytes)")
+                raise ConnectionAbortedError("body too large")
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._cancel_read_timer()
+            if not self._refused:
+                super().on_message_complete()
+
+        def _read_timed_out(self) -> None:
+            self._read_timer = None
+            self.refuse(408, "Request Timeout", f"the request did not arrive within {request_timeout_s:g} s "
+                                                "(--request-timeout-s)")
+
+        def _cancel_read_timer(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+    return GuardedHttpProtocol
+
+
+def served_extensions(control_mode: str) -> list[str]:
+    """The protocol and Triton extensions this server answers (server metadata lists exactly these)."""
+    extensions = ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy"]
+    return extensions + (["model_repository"] if control_mode == "explicit" else [])
+
+
+def metrics_body(accept: str | None) -> tuple[bytes, str]:
+    from prometheus_client import REGISTRY, exposition
+
+    encoder, content_type = exposition.choose_encoder(accept)
+    return encoder(REGISTRY), content_type
+
+
 async def serve(directory: str | Path, options: ServeOptions,
                 on_listening: Callable[[dict], None] = lambda info: None) -> int:
     """Serve until SIGTERM or SIGINT: then readiness turns false, new requests get 503 / UNAVAILABLE, every
     queued and in-flight request is answered (for at most `grace_s`), and the servers stop. Returns 0."""
-    kserve = import_kserve()
+    import grpc
     import uvicorn
     from grpc import aio
-    from kserve.model_server import app
-    from kserve.protocol.dataplane import DataPlane
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
-    from kserve.protocol.grpc.servicer import InferenceServicer
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
-    from kserve.protocol.rest.server import RESTServer
 
-    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
+    from .grpc_service import make_servicer
+    from .model_config import served_model_config
+    from .rest import make_rest_app
+    from .statistics import InferenceStatistics
+    from .triton_grpc import extension_handler
+
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "perceiver_export"):
         logging.getLogger(name).setLevel(options.log_level.upper())
-    logging.getLogger("kserve").addFilter(_client_errors_without_traceback)
-    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")  # KServe's app, not ours
+    if options.model_control_mode not in CONTROL_MODES:
+        raise ConfigError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, "
+                          f"got {options.model_control_mode!r}")
+    for flag, value in (("--request-timeout-s", options.request_timeout_s), ("--keep-alive-s", options.keep_alive_s)):
+        if not value > 0:
+            raise ConfigError(f"{flag} must be > 0, got {value}")
 
-    runner = load_runner(directory, options)
     metrics = Metrics.get()
-    name = options.name or runner.manifest.data["name"]
 
-    def on_batch(stats: BatchStats) -> None:
-        metrics.batch_size.labels(name).observe(stats.batch)
-        metrics.batch_requests.labels(name).observe(stats.requests)
-        metrics.batch_seconds.labels(name).observe(stats.seconds)
+    def make_batcher(runner: Runner, on_batch) -> DynamicBatcher:
+        return DynamicBatcher(runner, max_batch_size=options.max_batch_size,
+                              max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
+                              timeout_ms=options.timeout_ms, on_batch=on_batch)
 
-    batcher = DynamicBatcher(runner, max_batch_size=options.max_batch_size, max_queue_delay_ms=options.max_queue_delay_ms,
-                             max_queue=options.max_queue, timeout_ms=options.timeout_ms, on_batch=on_batch)
-    metrics.queue_depth.labels(name).set_function(lambda: batcher.queue_depth)
-    model = make_model_class(kserve)(name, runner, batcher, metrics)
-    model.load()
-    registry = kserve.ModelRepository()
-    registry.update(model)
+    model = ServedModel(directory, options.name, options.model_control_mode, lambda: load_runner(directory, options),
+                        make_batcher, metrics, platform=f"perceiver-export_{options.backend}")
+    model.statistics = InferenceStatistics(model.name, MODEL_VERSION)
+    await model.load(initial=True)
+    metrics.queue_depth.labels(model.name).set_function(lambda: model.batcher.queue_depth if model.batcher else 0)
+    limit = options.max_request_bytes or default_max_request_bytes(model.contract)
+    if limit < 1:
+        raise ConfigError(f"--max-request-bytes must be >= 1, got {limit}")
+    extensions = served_extensions(options.model_control_mode)
 
-    class ServingDataPlane(DataPlane):
-        async def ready(self) -> bool:  # KServe's says True for as long as the process lives
-            return model.ready
+    served_config = served_model_config(
+        model.contract, model.name, max_batch_size=model.max_batch_size,
+        max_queue_delay_us=int(options.max_queue_delay_ms * 1000), max_queue_size=options.max_queue,
+        timeout_us=int(options.timeout_ms * 1000) if options.timeout_ms else None, backend="perceiver_export",
+        kind="KIND_GPU" if options.device and "cuda" in str(options.device) or options.backend == "tensorrt" else "KIND_CPU")
 
-    dataplane = ServingDataPlane(model_registry=registry)
-    extension = ModelRepositoryExtension(model_registry=registry)
+    def config_for(name: str, version: str) -> dict:
+        model.check(name, version)
+        return served_config
 
-    rest = RESTServer("kserve.model_server:app", dataplane, extension, options.http_port,
-                      grace_period=int(options.grace_s), timeout_keep_alive=5)
-    rest.create_application()
-    add_rest_infer_route(app, model)
-    rest.config.host = options.host
+    def stats_for(name: str, version: str) -> dict:
+        if name or version:  # no name: every model's statistics
+            model.check(name, version)
+        return model.statistics.as_json()
+
+    app = make_rest_app(model, extensions=extensions, max_request_bytes=limit, allow_non_finite=options.allow_non_finite,
+                        model_config=lambda: served_config, statistics=lambda: model.statistics.as_json(),
+                        metrics_body=metrics_body)
+    http_config = uvicorn.Config(app, host=options.host, port=options.http_port, log_config=None,
+                            log_level=options.log_level, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=int(options.grace_s), timeout_keep_alive=options.keep_alive_s,
+                            http=guarded_http_protocol(limit, options.request_timeout_s, options.keep_alive_s))
 
     class QuietServer(uvicorn.Server):
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
@@ -321,19 +331,14 @@ async def serve(directory: str | Path, options: ServeOptions,
 
             return contextlib.nullcontext()
 
-    http_server = QuietServer(rest.config)
+    http_server = QuietServer(http_config)
     http_socket = _listening_socket(options.host, options.http_port)
 
-    grpc_server = aio.server(interceptors=(ExceptionToStatusInterceptor(),),
-                             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-    class Servicer(InferenceServicer):
-        async def ModelInfer(self, request, context):
-            # tritonclient's requests (raw contents, this model, ready) skip KServe's InferRequest objects.
-            if request.model_name == model.name and request.raw_input_contents and model.ready:
-                return await model.infer_grpc(request)
-            return await super().ModelInfer(request, context)
-
-    grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(dataplane, extension), grpc_server)
+    grpc_server = aio.server(options=[("grpc.max_send_message_length", -1),
+                                      ("grpc.max_receive_message_length", limit)])
+    handlers, infer_request, _ = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite)
+    grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),
+                                          extension_handler(config_for, stats_for, infer_request)))
     host = f"[{options.host}]" if ":" in options.host else options.host
     try:
         grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")
@@ -343,15 +348,15 @@ async def serve(directory: str | Path, options: ServeOptions,
         http_socket.close()
         raise ConfigError(f"cannot listen for gRPC on {options.host}:{options.grpc_port} (choose another --grpc-port)")
 
-    await batcher.start()
     await grpc_server.start()
     http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]))
     while not http_server.started and not http_task.done():
         await asyncio.sleep(0.01)
     if http_task.done():
         http_task.result()  # raises what stopped it
-    on_listening({"model": name, "host": options.host, "http_port": http_socket.getsockname()[1],
-                  "grpc_port": grpc_port, "backend": runner.backend, "max_batch_size": batcher.max_batch_size})
+    on_listening({"model": model.name, "host": options.host, "http_port": http_socket.getsockname()[1],
+                  "grpc_port": grpc_port, "backend": model.runner.backend, "max_batch_size": model.max_batch_size,
+                  "max_request_bytes": limit, "model_control_mode": options.model_control_mode})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -359,13 +364,15 @@ async def serve(directory: str | Path, options: ServeOptions,
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    model.ready = False  # /v2/health/ready and model readiness: false from here on
-    close = asyncio.ensure_future(batcher.close())  # refuses new requests, answers the queued ones
-    done, _ = await asyncio.wait([close], timeout=options.grace_s)
-    if not done:
-        failed = batcher.fail_queued(f"the server stopped: its {options.grace_s:g} s grace period ended first")
-        logging.getLogger("perceiver_export").warning("grace period over: %d queued request(s) answered 503", failed)
-        await close
+    model.serving = False  # /v2/health/ready and model readiness: false from here on
+    batcher = model.batcher
+    if batcher is not None:
+        close = asyncio.ensure_future(batcher.close())  # refuses new requests, answers the queued ones
+        done, _ = await asyncio.wait([close], timeout=options.grace_s)
+        if not done:
+            failed = batcher.fail_queued(f"the server stopped: its {options.grace_s:g} s grace period ended first")
+            logging.getLogger("perceiver_export").warning("grace period over: %d queued request(s) answered 503", failed)
+            await close
     http_server.should_exit = True
     await grpc_server.stop(grace=min(5.0, options.grace_s))
     await http_task
@@ -378,4 +385,4 @@ def run(directory: str | Path, options: ServeOptions, on_listening: Callable[[di
     return asyncio.run(serve(directory, options, on_listening))
 
 
-__all__ = ["ServeOptions", "load_runner", "run", "serve"]
+__all__ = ["ServeOptions", "default_max_request_bytes", "load_runner", "run", "serve"]

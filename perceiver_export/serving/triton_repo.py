@@ -18,13 +18,13 @@ from .. import __version__
 from ..artifact.atomic import fsync_dir, publish_dir, remove_stale_staging, staging_dir_for
 from ..artifact.graph_io import graph_io_mismatch
 from ..artifact.manifest import Manifest, read_manifest
-from ..contract import IOContract, TensorSpec, dim_terms
+from ..contract import IOContract
 from ..errors import ArtifactError, ConfigError
+from .model_config import (Batching, batching_for, config_pbtxt, dynamic_batching_config, model_config, quoted,
+                           triton_dims)  # noqa: F401 — triton_dims: this module's callers still find it here
 
-BATCH = "batch"
 GRAPHS = ("plain", "optimized", "int8")
 KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}  # auto: Triton picks the GPU when there is one
-TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "bool": "TYPE_BOOL"}
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -49,6 +49,7 @@ class TritonModel:
     max_batch_size: int
     config: str
     files: dict[str, Path]  # path inside the model directory -> source file in the artifact
+    settings: dict = field(default_factory=dict)  # `config` in Triton's JSON form (model_config.py)
 
 
 @dataclass
@@ -59,69 +60,7 @@ class TritonResult:
     validated: bool = False  # parsed with Triton's own model_config.proto
 
 
-@dataclass(frozen=True)
-class Batching:
-    max_batch_size: int  # 0: no Triton batching, the batch dim is written explicitly
-    reason: str | None = None  # why Triton's batching is not used
-
-
-# ---- what the config says, from the contract --------------------------------------------------
-def batching_for(contract: IOContract) -> Batching:
-    """Triton batching when it can honour the batch axis: dim 0 of every tensor, lower bound 1."""
-    rng = contract.axes.get(BATCH)
-    if rng is None:
-        return Batching(0, "the contract has no batch axis: max_batch_size 0, every dim written explicitly")
-    without = [t.name for t in contract.inputs + contract.outputs if len(t.dims) < 2 or t.dims[0] != BATCH]
-    if without:
-        return Batching(0, f"{', '.join(without)} lack batch as dim 0 (of two or more): Triton's batch dim cannot "
-                           "describe them, so max_batch_size is 0, the batch dim is written explicitly and dynamic batching is off")
-    if rng.min > 1:
-        return Batching(0, f"batch min is {rng.min}: Triton's batching accepts any batch from 1 to max_batch_size and "
-                           "cannot enforce a lower bound, so max_batch_size is 0, the batch dim is written explicitly "
-                           "and dynamic batching is off")
-    return Batching(rng.max)
-
-
-def triton_dims(contract: IOContract, spec: TensorSpec, batched: bool) -> list[int]:
-    """A tensor's dims as config.pbtxt writes them: -1 where the size varies, the size where it cannot."""
-    dims = []
-    for d in spec.dims[1:] if batched else spec.dims:
-        fixed = isinstance(d, int) or all(contract.axes[t].min == contract.axes[t].max for t in dim_terms(d))
-        dims.append(contract.dim_bound(d, "min") if fixed else -1)
-    return dims
-
-
-def triton_type(spec: TensorSpec) -> str:
-    if spec.dtype not in TRITON_TYPES:
-        raise ConfigError(f"{spec.name}: dtype {spec.dtype} has no Triton type here ({', '.join(TRITON_TYPES)})")
-    return TRITON_TYPES[spec.dtype]
-
-
-def quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def io_lines(section: str, specs: Sequence[TensorSpec], contract: IOContract, batching: Batching) -> list[str]:
-    lines = [f"{section} ["]
-    for i, spec in enumerate(specs):
-        lines.append("  {")
-        if spec.optional:
-            lines.append(f"    # {contract.describe(spec)}: optional in the contract, required by the graph: send all True to attend to everything")
-        dims = ", ".join(str(n) for n in triton_dims(contract, spec, batching.max_batch_size > 0))
-        lines += [f"    name: {quoted(spec.name)}", f"    data_type: {triton_type(spec)}", f"    dims: [ {dims} ]"]
-        lines.append("  }," if i < len(specs) - 1 else "  }")
-    return lines + ["]"]
-
-
-def instance_group_lines(count: int, kind: str | None, profiles: Sequence[int] = ()) -> list[str]:
-    lines = ["instance_group [", "  {", f"    count: {count}"]
-    if kind:
-        lines.append(f"    kind: {kind}")
-    if profiles:
-        lines.append("    profile: [ " + ", ".join(f'"{i}"' for i in profiles) + " ]")
-    return lines + ["  }", "]"]
-
-
+# ---- what the config says, from the contract (model_config.py derives it; the repo adds files and comments)
 def header_lines(manifest: Manifest, sources: Sequence[str]) -> list[str]:
     """`#` lines: where the model came from and the ranges Triton will not enforce."""
     contract = manifest.contract
@@ -140,14 +79,33 @@ def header_lines(manifest: Manifest, sources: Sequence[str]) -> list[str]:
     return ["# " + line.replace("\n", " ") for line in lines]
 
 
-def config_text(header: list[str], name: str, platform: str, contract: IOContract, batching: Batching,
-                options: TritonOptions, instance_group: list[str], extra: Sequence[str] = ()) -> str:
-    lines = [*header, "", f"name: {quoted(name)}", f"platform: {quoted(platform)}", f"max_batch_size: {batching.max_batch_size}",
-             *io_lines("input", contract.inputs, contract, batching), *io_lines("output", contract.outputs, contract, batching),
-             *instance_group, *extra]
-    if batching.max_batch_size > 0 and options.dynamic_batching:
-        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {options.max_queue_delay_us}", "}"]
-    return "\n".join(lines) + "\n"
+# ---- the config's comments and fields ---------------------------------------------------------
+# No input is written `optional: true` here, the contract's optional mask included: the exported graph requires
+# every input (ONNX Runtime refuses a feed without `mask`), and Triton's tensorrt backend refuses to load a model
+# with an optional input at all. `serve`, which fills an absent mask, says `optional: true` (served_model_config).
+MASK_NOTE = "optional in the contract, required by the graph: send all True to attend to everything"
+
+
+def instance_group(count: int, kind: str | None, profiles: Sequence[int] = ()) -> dict:
+    group: dict = {"count": count}
+    if kind:
+        group["kind"] = kind
+    if profiles:
+        group["profile"] = [str(i) for i in profiles]
+    return group
+
+
+def repo_config(name: str, platform: str, contract: IOContract, batching: Batching, options: TritonOptions,
+                group: dict, extra: dict | None = None) -> dict:
+    """The ModelConfig dict of a model in the repository (what config.pbtxt says, in Triton's JSON form)."""
+    dynamic = dynamic_batching_config(options.max_queue_delay_us) if options.dynamic_batching else None
+    return model_config(contract, name, platform=platform, max_batch_size=batching.max_batch_size,
+                        dynamic_batching=dynamic, instance_group=[group], extra=extra)
+
+
+def config_text(header: list[str], config: dict, contract: IOContract) -> str:
+    comments = {t.name: f"{contract.describe(t)}: {MASK_NOTE}" for t in contract.inputs if t.optional}
+    return config_pbtxt(config, header, comments)
 
 
 # ---- the ONNX model ---------------------------------------------------------------------------
@@ -177,11 +135,12 @@ def onnx_model(manifest: Manifest, name: str, options: TritonOptions, batching: 
     check_graph_matches_contract(manifest.directory / files[0], manifest.contract)
     sha = manifest.data["files"][files[0]]["sha256"]
     header = header_lines(manifest, [f"Graph: {files[0]} ({options.graph}), sha256 {sha}"])
-    text = config_text(header, name, "onnxruntime_onnx", manifest.contract, batching, options,
-                       instance_group_lines(options.instances, KINDS[options.kind]))
+    config = repo_config(name, "onnxruntime_onnx", manifest.contract, batching, options,
+                         instance_group(options.instances, KINDS[options.kind]))
+    text = config_text(header, config, manifest.contract)
     copies = {f"{options.version}/model.onnx": manifest.directory / files[0]}
     copies.update({f"{options.version}/{f}": manifest.directory / f for f in files[1:]})
-    return TritonModel(name, "onnxruntime_onnx", batching.max_batch_size, text, copies)
+    return TritonModel(name, "onnxruntime_onnx", batching.max_batch_size, text, copies, config)
 
 
 # ---- the TensorRT model -----------------------------------------------------------------------
@@ -261,25 +220,29 @@ def tensorrt_model(manifest: Manifest, name: str, engines: dict[str, dict], opti
     if "model.plan" in plans:
         notes.append(f"{plans['model.plan'][0]}: the manifest does not record the GPU it was built on, so it is written as "
                      "model.plan for every GPU; TensorRT refuses it on another architecture")
-    extra = [f"cc_model_filenames {{ key: {quoted(cc_key(cc))} value: {quoted(p)} }}" for p, (_, cc) in plans.items() if cc]
-    text = config_text(header_lines(manifest, sources), name, "tensorrt_plan", manifest.contract, batching, options,
-                       instance_group_lines(options.instances, "KIND_GPU", profile_indices(engines)), extra)
+    ccs = {cc_key(cc): p for p, (_, cc) in plans.items() if cc}
+    config = repo_config(name, "tensorrt_plan", manifest.contract, batching, options,
+                         instance_group(options.instances, "KIND_GPU", profile_indices(engines)),
+                         {"cc_model_filenames": ccs} if ccs else None)
+    text = config_text(header_lines(manifest, sources), config, manifest.contract)
     copies = {f"{options.version}/{p}": manifest.directory / f for p, (f, _) in plans.items()}
-    return TritonModel(name, "tensorrt_plan", batching.max_batch_size, text, copies), notes
+    return TritonModel(name, "tensorrt_plan", batching.max_batch_size, text, copies, config), notes
 
 
 # ---- validation and writing -------------------------------------------------------------------
 def validated_with_triton_schema(model: TritonModel) -> bool:
     """Parse the config with Triton's model_config.proto (from tritonclient); False when it is not installed."""
     try:
-        from google.protobuf import text_format
+        from google.protobuf import json_format, text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError:
         return False
     try:
-        text_format.Parse(model.config, model_config_pb2.ModelConfig())
+        parsed = text_format.Parse(model.config, model_config_pb2.ModelConfig())
     except text_format.ParseError as e:
         raise ConfigError(f"the config.pbtxt generated for {model.name!r} does not parse with Triton's schema: {e}") from None
+    if model.settings and json_format.ParseDict(model.settings, model_config_pb2.ModelConfig()) != parsed:
+        raise ConfigError(f"the config.pbtxt generated for {model.name!r} says other than its JSON form")  # a writer bug
     return True
 
 
