@@ -115,11 +115,12 @@ def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, fu
 
 
 def _batch_totals(http: str) -> tuple[float, float]:
-    """(rows, backend calls) so far, from the server's perceiver_batch_size histogram."""
+    """(rows, backend calls) so far, from the server's perceiver_batch_size histogram (no samples before its first
+    call: 0, 0)."""
     text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    total = float(re.search(r"^perceiver_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))
-    count = float(re.search(r"^perceiver_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))
-    return total, count
+    total = re.search(r"^perceiver_batch_size_sum\{[^}]*\} (\S+)$", text, re.M)
+    count = re.search(r"^perceiver_batch_size_count\{[^}]*\} (\S+)$", text, re.M)
+    return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
 
 
 def _client_modules(protocol: str):

@@ -1,5 +1,5 @@
 """Triton's own load generator, perf_analyzer, pointed at `serve`: where its binary is, its command line from the I/O
-contract, a bounded run (exactly N requests per level, and a timeout) and its CSV report read back.
+contract, a bounded run (windows of N requests, a few at most, and a timeout) and its CSV report read back.
 
 perf_analyzer (PyPI `perf-analyzer`) is one C++ binary built for glibc 2.38. Where the system's glibc is older
 (Debian 12: 2.36) scripts/install_perf_analyzer.sh lays out the wheel and Debian 13's C runtime in
@@ -102,15 +102,17 @@ class PerfSettings:
     protocol: str = "grpc"  # grpc | http
     concurrency: list[int] = field(default_factory=lambda: [1])
     batch: int = 1  # -b: rows per request
-    requests: int = 100  # --request-count: exactly this many measured requests per level (bounded in count)
+    # count_windows (Triton's own measurement): windows of at least `requests` requests until three agree within
+    # `stability_percent` (throughput and mean latency), at most `max_trials` windows, so a level sends at most about
+    # max_trials x requests; one that never settles fails (perf_analyzer exits 2, "Failed to obtain stable
+    # measurement"). request_count: exactly `requests` requests, never unstable, but perf_analyzer 2.60 then divides
+    # by whole seconds (1000 requests in 1.2 s read 500 infer/sec), so its throughput is only a floor.
+    measurement: str = "count_windows"
+    requests: int = 100
+    max_trials: int = 6
+    stability_percent: int = 50  # Triton's default 10 % is rarely met on a shared 2-core machine
     warmup: int = 4  # --warmup-request-count: sent before, not measured
-    # stabilize: Triton's own measurement instead, windows of at least `requests` requests (count_windows) until three
-    # agree within `stability_percent`, at most `max_trials` windows; an unstable level fails (perf_analyzer exits 2,
-    # "Failed to obtain stable measurement"), which a shared 2-core machine often is at Triton's default 10 %.
-    stabilize: bool = False
-    max_trials: int = 4
-    stability_percent: int = 50
-    interval_ms: int = 2000  # -p: the window length where perf_analyzer falls back to time windows
+    interval_ms: int = 500  # -p: a count window also lasts at least this long (2000 ms: 1422 requests for 3 x 40)
     streaming: bool = False  # --streaming: gRPC ModelStreamInfer
     mask: str = "omit"  # the optional mask: "omit" (not sent; the server attends to all) or "all-true" (sent, all True)
     data_steps: int = 4  # distinct requests in the --input-data file, sent round-robin
@@ -187,12 +189,14 @@ def build_command(contract: IOContract, model: str, url: str, settings: PerfSett
     if len(levels) > 1:
         raise ConfigError(f"one concurrency level per perf_analyzer command line, got {levels}")
     command += ["--concurrency-range", str(levels[0])]
-    if settings.stabilize:
+    if settings.measurement == "count_windows":
         command += ["--measurement-mode", "count_windows", "--measurement-request-count", str(settings.requests),
                     "-p", str(settings.interval_ms), "--max-trials", str(settings.max_trials),
-                    "-s", str(settings.stability_percent), "--percentile", "99"]
-    else:  # one measurement of exactly `requests` requests: bounded in count, never "unstable"
+                    "-s", str(settings.stability_percent)]
+    elif settings.measurement == "request_count":
         command += ["--request-count", str(settings.requests)]
+    else:
+        raise ConfigError(f"measurement must be count_windows or request_count, got {settings.measurement!r}")
     command += ["--warmup-request-count", str(settings.warmup), "-f", str(csv_path)]
     if settings.streaming:
         command.append("--streaming")
@@ -234,8 +238,8 @@ CLIENT_FIGURES = {"requests": re.compile(r"^\s*Request count: (\d+)", re.M),
 
 
 def parse_summary(output: str) -> dict[int, dict]:
-    """What perf_analyzer prints per concurrency level and its CSV lacks: the measured request count and (in its
-    --request-count mode) the mean latency."""
+    """What perf_analyzer prints per concurrency level and its CSV lacks: the measured request count and the mean
+    latency."""
     found = {}
     starts = list(LEVEL.finditer(output))
     for i, m in enumerate(starts):
@@ -245,7 +249,7 @@ def parse_summary(output: str) -> dict[int, dict]:
             hit = pattern.search(block)
             if hit:
                 figures[key] = int(hit.group(1)) if key == "requests" else round(int(hit.group(1)) / 1e3, 3)
-        found[int(m.group(1))] = figures
+        found.setdefault(int(m.group(1)), {}).update(figures)  # it names a level once more before its figures
     return found
 
 
