@@ -5,6 +5,7 @@
 #   EXTRAS       further extras (default rtx: TensorRT for RTX, which builds engines without a GPU)
 #   VENV         where to create the environment (default .venv)
 #   WITH_CPP     1 (default): also install the C++ runtime's dependencies (scripts/install_cpp_deps.sh, uses apt)
+# On Linux x86_64 it also installs Triton's perf_analyzer (scripts/install_perf_analyzer.sh; the tests drive `serve` with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -30,6 +31,9 @@ print(f"ready: torch {torch.__version__}, onnx {onnx.__version__}, onnxscript {o
       f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())}), "
       f"TensorRT flavors: {', '.join(installed_flavors()) or 'none'}")
 PY
+if [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ]; then
+  VENV="$VENV" bash scripts/install_perf_analyzer.sh
+fi
 if [ "$WITH_CPP" = 1 ]; then
   bash scripts/install_cpp_deps.sh
 fi

@@ -150,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive-s", type=float, default=5.0, help="idle connections are closed after this (default 5)")
     serve.add_argument("--allow-non-finite", action="store_true",
                        help="accept NaN and Inf in floating-point inputs (default: 400 naming the first one)")
-    load = sub.add_parser("loadtest", help="closed-loop tritonclient clients against a real `serve` process: latency, req/s, batching on vs off")
+    load = sub.add_parser("loadtest", help="closed-loop clients (tritonclient or perf_analyzer) against a real `serve` process: latency, req/s, batching on vs off")
     load.add_argument("dir", type=Path, help="artifact directory")
+    load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer"],
+                      help="the load generator: tritonclient (default) or Triton's perf_analyzer "
+                           "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes)")
     load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200)")
     load.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     load.add_argument("--protocols", default="grpc,http", help="grpc, http or both (default grpc,http)")
@@ -439,7 +442,7 @@ def cmd_loadtest(args, console: Console) -> int:
     settings = LoadSettings(requests=args.requests, concurrency=concurrency, protocols=protocols, q_len=args.q_len,
                             k_len=args.k_len, v_len=args.v_len, max_batch_size=args.max_batch_size,
                             max_queue_delay_ms=args.max_queue_delay_ms, threads=args.threads, backend=args.backend,
-                            graph=args.graph, timeout_s=args.timeout_s)
+                            graph=args.graph, timeout_s=args.timeout_s, client=args.client)
     with console.status("load test") as status:
         data = run_loadtest(args.dir, settings, progress=lambda msg: status.update(msg))
     print_loadtest(data, console)

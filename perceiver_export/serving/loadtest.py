@@ -1,10 +1,13 @@
-"""`python -m perceiver_export loadtest DIR`: closed-loop tritonclient clients against a real `serve` process.
+"""`python -m perceiver_export loadtest DIR`: closed-loop clients (tritonclient, or Triton's perf_analyzer) against a
+real `serve` process.
 
 One run measures, on the same requests: the direct runner call (the baseline), the server with batching off
 (`--max-batch-size 1`) and on — two server processes taking turns chunk by chunk, so that drift in the machine's
 speed moves both alike — over gRPC and HTTP (binary data), at each concurrency; p50/p90/p99 latency,
 requests/s and the mean batch size read from the server's own /metrics. Clients and server share this machine,
 so figures are ratios within one run; the targets are checked and reported, never asserted by tests.
+With `client="perf_analyzer"` the same two servers are driven by perf_analyzer (perf_analyzer.py) at the same
+concurrencies, one level at a time on each server in turn, every request at the contract's opt sizes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class LoadSettings:
     graph: str | None = None
     seed: int = 0
     timeout_s: float = 600.0  # the whole run stops by itself
+    client: str = "tritonclient"  # or "perf_analyzer" (Triton's load generator; scripts/install_perf_analyzer.sh)
 
 
 def request_plan(contract, settings: LoadSettings) -> tuple[list[dict], dict]:
@@ -111,11 +115,12 @@ def measure_direct(directory: Path, plan: list[dict], settings: LoadSettings, fu
 
 
 def _batch_totals(http: str) -> tuple[float, float]:
-    """(rows, backend calls) so far, from the server's perceiver_batch_size histogram."""
+    """(rows, backend calls) so far, from the server's perceiver_batch_size histogram (no samples before its first
+    call: 0, 0)."""
     text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
-    total = float(re.search(r"^perceiver_batch_size_sum\{[^}]*\} (\S+)$", text, re.M).group(1))
-    count = float(re.search(r"^perceiver_batch_size_count\{[^}]*\} (\S+)$", text, re.M).group(1))
-    return total, count
+    total = re.search(r"^perceiver_batch_size_sum\{[^}]*\} (\S+)$", text, re.M)
+    count = re.search(r"^perceiver_batch_size_count\{[^}]*\} (\S+)$", text, re.M)
+    return (float(total.group(1)), float(count.group(1))) if total and count else (0.0, 0.0)
 
 
 def _client_modules(protocol: str):
@@ -222,13 +227,57 @@ def measure_level(servers: dict[str, ServerProcess], model: str, protocol: str, 
     return results
 
 
+def measure_level_perf_analyzer(servers: dict[str, ServerProcess], model: str, protocol: str, concurrency: int,
+                                contract, settings: LoadSettings, deadline: float) -> list[dict]:
+    """One protocol and concurrency on every server in turn, each a perf_analyzer run of exactly `settings.requests`
+    requests; the mean batch from each server's /metrics as above."""
+    from .perf_analyzer import PerfSettings, run_perf_analyzer, served_max_batch_size
+
+    results = []
+    for mode, server in servers.items():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
+        perf = PerfSettings(protocol=protocol, concurrency=[concurrency], requests=settings.requests,
+                            seed=settings.seed, timeout_s=left)
+        before = _batch_totals(server.http)
+        run = run_perf_analyzer(contract, model, _url(server, protocol), perf,
+                                max_batch_size=served_max_batch_size(server.http, model))
+        after = _batch_totals(server.http)
+        calls = after[1] - before[1]
+        row = run["results"][0]
+        results.append({"mode": mode, "protocol": protocol, "client": "perf_analyzer", "concurrency": concurrency,
+                        "requests": row["requests"], "rps": row["rps"], "p50_ms": row["p50_ms"],
+                        "p90_ms": row["p90_ms"], "p99_ms": row["p99_ms"], "mean_ms": row["mean_ms"],
+                        "server_queue_ms": row["server_queue_ms"], "server_compute_ms": row["server_compute_ms"],
+                        "errors": 0, "first_error": None,  # perf_analyzer stops at a failed request (raised above)
+                        "mean_batch": round((after[0] - before[0]) / calls, 2) if calls else None,
+                        "command": run["command"][0]})
+    return results
+
+
 def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callable[[str], None] = lambda m: None) -> dict:
     from ..machine import cpu_name, cpu_simd_flags
 
+    if settings.client not in ("tritonclient", "perf_analyzer"):
+        raise ConfigError(f"--client must be tritonclient or perf_analyzer, got {settings.client!r}")
     directory = Path(directory)
     manifest = read_manifest(directory)
     contract = manifest.contract
-    plan, shapes = request_plan(contract, settings)
+    if settings.client == "perf_analyzer":
+        from .perf_analyzer import perf_analyzer_command
+
+        if settings.q_len or settings.k_len or settings.v_len:
+            raise ConfigError("--client perf_analyzer sends every request at the contract's opt sizes; "
+                              "--q-len, --k-len and --v-len are the tritonclient client's")
+        perf_analyzer_command()  # not installed: say so before any server starts
+        # the direct baseline on the requests perf_analyzer sends: every length at its opt
+        opt = {axis: contract.axes[axis].opt for axis in ("q_len", "k_len", "v_len")}
+        plan, shapes = request_plan(contract, LoadSettings(**{**asdict(settings), "q_len": opt["q_len"],
+                                                               "k_len": f"{opt['k_len']}:{opt['k_len']}",
+                                                               "v_len": f"{opt['v_len']}:{opt['v_len']}"}))
+    else:
+        plan, shapes = request_plan(contract, settings)
     max_batch = min(settings.max_batch_size or contract.axes["batch"].max, contract.axes["batch"].max)
     progress("direct runner calls")
     direct, runner = measure_direct(directory, plan, settings, max_batch)
@@ -246,10 +295,16 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
             for concurrency in settings.concurrency:
                 if time.monotonic() > deadline:
                     raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
-                progress(f"{protocol}, concurrency {concurrency}")
-                runs += measure_level({"batching off": off, "batching on": on}, model, protocol, concurrency, plan, runner)
+                progress(f"{protocol}, concurrency {concurrency} ({settings.client})")
+                both = {"batching off": off, "batching on": on}
+                if settings.client == "perf_analyzer":
+                    runs += measure_level_perf_analyzer(both, model, protocol, concurrency, contract, settings, deadline)
+                else:
+                    runs += [{**r, "client": "tritonclient"}
+                             for r in measure_level(both, model, protocol, concurrency, plan, runner)]
     data = {
         "schema": "perceiver-export/loadtest", "version": 1, "perceiver_export": __version__,
+        "client": settings.client,
         "artifact": {"name": model, "dtype": contract.dtype, "directory": str(directory)},
         "machine": {"cpu": cpu_name(), "simd": cpu_simd_flags(), "python": platform.python_version()},
         "settings": {**asdict(settings), "max_batch_size": max_batch, "shapes": shapes},
@@ -295,7 +350,7 @@ def print_loadtest(data: dict, console) -> None:
     from rich.table import Table
 
     d = data["direct"]
-    console.print(f"{data['artifact']['name']} on {data['backend']}, {data['machine']['cpu']} "
+    console.print(f"{data['artifact']['name']} on {data['backend']}, client {data.get('client', 'tritonclient')}, {data['machine']['cpu']} "
                   f"({', '.join(data['machine']['simd'])}); direct runner p50 {d['p50_ms']:.2f} ms, "
                   f"full batch of {data['full_batch']['rows']} p99 {data['full_batch']['p99_ms']:.2f} ms")
     table = Table("mode", "protocol", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors")
@@ -334,7 +389,8 @@ def write_loadtest(data: dict, out: Path) -> tuple[Path, Path]:
         ax.grid(alpha=0.3)
     ax_rps.axhline(1e3 / data["direct"]["p50_ms"], color="grey", lw=0.8, label="direct runner, 1 client")
     ax_rps.legend(fontsize=8)
-    fig.suptitle(f"{data['artifact']['name']} served ({data['backend']}), {data['machine']['cpu']}", fontsize=9)
+    fig.suptitle(f"{data['artifact']['name']} served ({data['backend']}), client {data.get('client', 'tritonclient')}, "
+                 f"{data['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
