@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accept NaN and Inf in floating-point inputs (default: 400 naming the first one)")
     load = sub.add_parser("loadtest", help="closed-loop clients (tritonclient or perf_analyzer) against a real `serve` process: latency, req/s, batching on vs off")
     load.add_argument("dir", type=Path, help="artifact directory")
-    load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer"],
-                      help="the load generator: tritonclient (default) or Triton's perf_analyzer "
-                           "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes)")
+    load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer", "both"],
+                      help="the load generator: tritonclient (default), Triton's perf_analyzer "
+                           "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes), or both in "
+                           "one run on the same servers and opt-size requests")
     load.add_argument("--requests", type=int, default=200, help="requests per protocol, concurrency and mode (default 200)")
     load.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts (default 1,4,16,64)")
     load.add_argument("--protocols", default="grpc,http", help="grpc, http or both (default grpc,http)")
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime graph (default: the runner's)")
     load.add_argument("--threads", type=int, help="backend threads, for the server and the direct baseline")
     load.add_argument("--timeout-s", type=float, default=600.0, help="the whole run stops after this long (default 600)")
+    load.add_argument("--perf-stability", type=int, default=50,
+                      help="perf_analyzer: three count windows within this %% settle a level (-s; default 50)")
     load.add_argument("--out", type=Path, help="folder for loadtest.json and loadtest.png (default DIR/loadtest)")
     ks = sub.add_parser("kserve", help="write a KServe InferenceService manifest whose predictor runs `serve` on the artifact")
     ks.add_argument("dir", type=Path, help="artifact directory")
@@ -442,7 +445,8 @@ def cmd_loadtest(args, console: Console) -> int:
     settings = LoadSettings(requests=args.requests, concurrency=concurrency, protocols=protocols, q_len=args.q_len,
                             k_len=args.k_len, v_len=args.v_len, max_batch_size=args.max_batch_size,
                             max_queue_delay_ms=args.max_queue_delay_ms, threads=args.threads, backend=args.backend,
-                            graph=args.graph, timeout_s=args.timeout_s, client=args.client)
+                            graph=args.graph, timeout_s=args.timeout_s, client=args.client,
+                            perf_stability=args.perf_stability)
     with console.status("load test") as status:
         data = run_loadtest(args.dir, settings, progress=lambda msg: status.update(msg))
     print_loadtest(data, console)

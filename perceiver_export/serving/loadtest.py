@@ -33,6 +33,10 @@ from .protocol import WIRE_TYPES
 from .server import ServeOptions, load_runner
 
 
+# --client: which load generators drive the servers; "both" runs each on the same servers, requests and run.
+CLIENTS = {"tritonclient": ("tritonclient",), "perf_analyzer": ("perf_analyzer",), "both": ("tritonclient", "perf_analyzer")}
+
+
 @dataclass
 class LoadSettings:
     requests: int = 200  # per protocol, concurrency and mode
@@ -48,7 +52,8 @@ class LoadSettings:
     graph: str | None = None
     seed: int = 0
     timeout_s: float = 600.0  # the whole run stops by itself
-    client: str = "tritonclient"  # or "perf_analyzer" (Triton's load generator; scripts/install_perf_analyzer.sh)
+    client: str = "tritonclient"  # "perf_analyzer" (Triton's load generator; scripts/install_perf_analyzer.sh), or "both"
+    perf_stability: int = 50  # perf_analyzer's -s: three count windows within this % settle a level
 
 
 def request_plan(contract, settings: LoadSettings) -> tuple[list[dict], dict]:
@@ -239,7 +244,7 @@ def measure_level_perf_analyzer(servers: dict[str, ServerProcess], model: str, p
         if left <= 0:
             raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
         perf = PerfSettings(protocol=protocol, concurrency=[concurrency], requests=settings.requests,
-                            seed=settings.seed, timeout_s=left)
+                            seed=settings.seed, timeout_s=left, stability_percent=settings.perf_stability)
         before = _batch_totals(server.http)
         run = run_perf_analyzer(contract, model, _url(server, protocol), perf,
                                 max_batch_size=served_max_batch_size(server.http, model))
@@ -259,17 +264,18 @@ def measure_level_perf_analyzer(servers: dict[str, ServerProcess], model: str, p
 def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callable[[str], None] = lambda m: None) -> dict:
     from ..machine import cpu_name, cpu_simd_flags
 
-    if settings.client not in ("tritonclient", "perf_analyzer"):
-        raise ConfigError(f"--client must be tritonclient or perf_analyzer, got {settings.client!r}")
+    if settings.client not in CLIENTS:
+        raise ConfigError(f"--client must be one of {', '.join(CLIENTS)}, got {settings.client!r}")
+    clients = CLIENTS[settings.client]
     directory = Path(directory)
     manifest = read_manifest(directory)
     contract = manifest.contract
-    if settings.client == "perf_analyzer":
+    if "perf_analyzer" in clients:
         from .perf_analyzer import perf_analyzer_command
 
         if settings.q_len or settings.k_len or settings.v_len:
-            raise ConfigError("--client perf_analyzer sends every request at the contract's opt sizes; "
-                              "--q-len, --k-len and --v-len are the tritonclient client's")
+            raise ConfigError(f"--client {settings.client} sends every request at the contract's opt sizes (as "
+                              "perf_analyzer does); --q-len, --k-len and --v-len are the tritonclient client's")
         perf_analyzer_command()  # not installed: say so before any server starts
         # the direct baseline on the requests perf_analyzer sends: every length at its opt
         opt = {axis: contract.axes[axis].opt for axis in ("q_len", "k_len", "v_len")}
@@ -295,13 +301,15 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
             for concurrency in settings.concurrency:
                 if time.monotonic() > deadline:
                     raise ConfigError(f"loadtest stopped after its {settings.timeout_s:g} s limit")
-                progress(f"{protocol}, concurrency {concurrency} ({settings.client})")
                 both = {"batching off": off, "batching on": on}
-                if settings.client == "perf_analyzer":
-                    runs += measure_level_perf_analyzer(both, model, protocol, concurrency, contract, settings, deadline)
-                else:
-                    runs += [{**r, "client": "tritonclient"}
-                             for r in measure_level(both, model, protocol, concurrency, plan, runner)]
+                for client in clients:  # with both, the same requests from each client in turn, on the same servers
+                    progress(f"{protocol}, concurrency {concurrency} ({client})")
+                    if client == "perf_analyzer":
+                        runs += measure_level_perf_analyzer(both, model, protocol, concurrency, contract, settings,
+                                                            deadline)
+                    else:
+                        runs += [{**r, "client": "tritonclient"}
+                                 for r in measure_level(both, model, protocol, concurrency, plan, runner)]
     data = {
         "schema": "perceiver-export/loadtest", "version": 1, "perceiver_export": __version__,
         "client": settings.client,
@@ -314,35 +322,45 @@ def run_loadtest(directory: str | Path, settings: LoadSettings, progress: Callab
     return data
 
 
-def _run(data: dict, mode: str, protocol: str, concurrency: int) -> dict | None:
-    return next((r for r in data["runs"] if (r["mode"], r["protocol"], r["concurrency"]) == (mode, protocol, concurrency)), None)
+def _run(data: dict, mode: str, protocol: str, concurrency: int, client: str | None = None) -> dict | None:
+    return next((r for r in data["runs"] if (r["mode"], r["protocol"], r["concurrency"]) == (mode, protocol, concurrency)
+                 and client in (None, r.get("client", "tritonclient"))), None)
+
+
+def run_clients(data: dict) -> list[str]:
+    """The clients whose runs `data` holds, in run order."""
+    return list(dict.fromkeys(r.get("client", "tritonclient") for r in data["runs"]))
 
 
 def evaluate_targets(data: dict) -> list[dict]:
     """The issue's targets as ratios from this run: serving overhead, batching throughput, p99 at 16."""
     targets = []
     direct = data["direct"]["p50_ms"]
-    for protocol, limit in (("grpc", 1.10), ("http", 1.25)):
-        run = _run(data, "batching off", protocol, 1)
-        if run:
-            ratio = run["p50_ms"] / run.get("direct_p50_ms", direct)
-            targets.append({"target": f"{protocol} p50 at concurrency 1 <= {limit} x the direct call's (interleaved)", "value": round(ratio, 3),
-                            "met": ratio <= limit})
-    for protocol in data["settings"]["protocols"]:
-        worst = None
-        for c in data["settings"]["concurrency"]:
-            on, off = _run(data, "batching on", protocol, c), _run(data, "batching off", protocol, c)
-            if on and off:
-                ratio = on["rps"] / off["rps"]
-                worst = ratio if worst is None else min(worst, ratio)
-        if worst is not None:
-            targets.append({"target": f"{protocol}: throughput with batching >= without, every concurrency (worst ratio)",
-                            "value": round(worst, 3), "met": worst >= 1.0})
-        on16 = _run(data, "batching on", protocol, 16)
-        if on16:
-            bound = data["settings"]["max_queue_delay_ms"] + 2 * data["full_batch"]["p99_ms"]
-            targets.append({"target": f"{protocol}: p99 at concurrency 16 with batching <= max queue delay + 2 x full-batch p99 "
-                                      f"({bound:.1f} ms)", "value": on16["p99_ms"], "met": on16["p99_ms"] <= bound})
+    clients = run_clients(data)
+    for client in clients:
+        who = f"{client}: " if len(clients) > 1 else ""
+        for protocol, limit in (("grpc", 1.10), ("http", 1.25)):
+            run = _run(data, "batching off", protocol, 1, client)
+            if run:
+                ratio = run["p50_ms"] / run.get("direct_p50_ms", direct)
+                targets.append({"target": f"{who}{protocol} p50 at concurrency 1 <= {limit} x the direct call's "
+                                          "(interleaved)", "value": round(ratio, 3), "met": ratio <= limit})
+        for protocol in data["settings"]["protocols"]:
+            worst = None
+            for c in data["settings"]["concurrency"]:
+                on, off = _run(data, "batching on", protocol, c, client), _run(data, "batching off", protocol, c, client)
+                if on and off:
+                    ratio = on["rps"] / off["rps"]
+                    worst = ratio if worst is None else min(worst, ratio)
+            if worst is not None:
+                targets.append({"target": f"{who}{protocol}: throughput with batching >= without, every concurrency "
+                                          "(worst ratio)", "value": round(worst, 3), "met": worst >= 1.0})
+            on16 = _run(data, "batching on", protocol, 16, client)
+            if on16:
+                bound = data["settings"]["max_queue_delay_ms"] + 2 * data["full_batch"]["p99_ms"]
+                targets.append({"target": f"{who}{protocol}: p99 at concurrency 16 with batching <= max queue delay + "
+                                          f"2 x full-batch p99 ({bound:.1f} ms)", "value": on16["p99_ms"],
+                                "met": on16["p99_ms"] <= bound})
     return targets
 
 
@@ -353,9 +371,10 @@ def print_loadtest(data: dict, console) -> None:
     console.print(f"{data['artifact']['name']} on {data['backend']}, client {data.get('client', 'tritonclient')}, {data['machine']['cpu']} "
                   f"({', '.join(data['machine']['simd'])}); direct runner p50 {d['p50_ms']:.2f} ms, "
                   f"full batch of {data['full_batch']['rows']} p99 {data['full_batch']['p99_ms']:.2f} ms")
-    table = Table("mode", "protocol", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors")
+    table = Table("client", "mode", "protocol", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "mean batch", "errors")
     for r in data["runs"]:
-        table.add_row(r["mode"], r["protocol"], str(r["concurrency"]), f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}",
+        table.add_row(r.get("client", "tritonclient"), r["mode"], r["protocol"], str(r["concurrency"]), f"{r['rps']:.1f}",
+                      f"{r['p50_ms']:.2f}",
                       f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", str(r["mean_batch"]), str(r["errors"]))
     console.print(table)
     for t in data["targets"]:
@@ -373,15 +392,18 @@ def write_loadtest(data: dict, out: Path) -> tuple[Path, Path]:
     json_path, png_path = out / "loadtest.json", out / "loadtest.png"
     atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
     fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode, style in (("batching off", "--"), ("batching on", "-")):
-        for protocol, marker in (("grpc", "o"), ("http", "s")):
-            runs = [r for r in data["runs"] if r["mode"] == mode and r["protocol"] == protocol]
-            if not runs:
-                continue
-            c = [r["concurrency"] for r in runs]
-            label = f"{protocol}, {mode}"
-            ax_rps.plot(c, [r["rps"] for r in runs], style, marker=marker, label=label)
-            ax_p99.plot(c, [r["p99_ms"] for r in runs], style, marker=marker, label=label)
+    clients = run_clients(data)
+    for client in clients:
+        for mode, style in (("batching off", "--"), ("batching on", "-")):
+            for protocol, marker in (("grpc", "o"), ("http", "s")):
+                runs = [r for r in data["runs"] if r["mode"] == mode and r["protocol"] == protocol
+                        and r.get("client", "tritonclient") == client]
+                if not runs:
+                    continue
+                c = [r["concurrency"] for r in runs]
+                label = f"{client + ', ' if len(clients) > 1 else ''}{protocol}, {mode}"
+                ax_rps.plot(c, [r["rps"] for r in runs], style, marker=marker, label=label)
+                ax_p99.plot(c, [r["p99_ms"] for r in runs], style, marker=marker, label=label)
     for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
