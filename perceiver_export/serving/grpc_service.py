@@ -18,6 +18,7 @@ from ..errors import (BatchFailedError, DeadlineExceededError, InputError, Model
                       OverloadedError, RequestTooLargeError, ServingError)
 from .model import MODEL_VERSION, ServedModel
 from .protocol import decode_tensor, tensor_metadata, wire_type
+from .shared_memory import region_params
 
 GRPC_STATUS = {InputError: grpc.StatusCode.INVALID_ARGUMENT, ModelControlError: grpc.StatusCode.FAILED_PRECONDITION,
                ModelNotFoundError: grpc.StatusCode.NOT_FOUND, RequestTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -44,7 +45,13 @@ def contents_array(tensor, wire: str) -> np.ndarray | None:
     return np.fromiter(values, dtype=np.bool_ if wire == "BOOL" else np.float64, count=len(values))
 
 
-def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite: bool):
+def tensor_params(tensor) -> dict:
+    """A tensor's `parameters` map as plain values."""
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in tensor.parameters.items()
+            if v.WhichOneof("parameter_choice")}
+
+
+def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite: bool, shared_memory=None):
     """The service's method handlers by method name (for `grpc.method_handlers_generic_handler`), the inference
     call itself (for streaming), and the error wrapper `answer(context, call)`."""
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -66,29 +73,55 @@ def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite
     async def infer_request(request) -> "pb.ModelInferResponse":
         model.check(request.model_name, request.model_version)
         raw = request.raw_input_contents
-        if raw and len(raw) != len(request.inputs):
-            raise InputError(f"{len(request.inputs)} inputs but {len(raw)} raw input contents")
-        feeds = {}
-        for i, t in enumerate(request.inputs):
+        regions = [region_params(tensor_params(t), f"input {t.name!r}") for t in request.inputs]
+        in_request = sum(r is None for r in regions)  # raw contents are given for these only, in order
+        if raw and len(raw) != in_request:
+            raise InputError(f"{in_request} inputs outside shared memory but {len(raw)} raw input contents")
+        feeds, next_raw = {}, 0
+        for t, region in zip(request.inputs, regions):
             if t.name in feeds:
                 raise InputError(f"input {t.name!r}: given twice")
-            data = None if raw else contents_array(t, str(t.datatype).upper())
-            if raw and t.HasField("contents"):
-                raise InputError(f"input {t.name!r}: both contents and raw_input_contents are given")
+            data, blob = None, None
+            if region is not None:
+                if shared_memory is None:
+                    raise InputError(f"input {t.name!r}: this server takes no shared memory inputs")
+                blob = shared_memory.read(*region, what=f"input {t.name!r}")
+            elif raw:
+                if t.HasField("contents"):
+                    raise InputError(f"input {t.name!r}: both contents and raw_input_contents are given")
+                blob, next_raw = raw[next_raw], next_raw + 1
+            else:
+                data = contents_array(t, str(t.datatype).upper())
             feeds[t.name] = decode_tensor(model.contract, t.name, t.datatype, list(t.shape),
-                                          raw=raw[i] if raw else None, data=data, allow_non_finite=allow_non_finite)
+                                          raw=blob, data=data, allow_non_finite=allow_non_finite)
         known = [o.name for o in model.contract.outputs]
         wanted = [o.name for o in request.outputs]
-        for name in wanted:
-            if name not in known:
-                raise InputError(f"unknown output {name!r}: expected one of {', '.join(known)}")
+        output_regions = {}
+        for o in request.outputs:
+            if o.name not in known:
+                raise InputError(f"unknown output {o.name!r}: expected one of {', '.join(known)}")
+            region = region_params(tensor_params(o), f"output {o.name!r}")
+            if region is not None:
+                if shared_memory is None:
+                    raise InputError(f"output {o.name!r}: this server writes no shared memory outputs")
+                shared_memory.status(region[0])  # registered, or refused before the request runs
+                output_regions[o.name] = region
         results = await model.infer(feeds, "grpc")
         outputs, raw_outputs = [], []
         for name in wanted or known:
             array = np.ascontiguousarray(results[name])
-            outputs.append(pb.ModelInferResponse.InferOutputTensor(
-                name=name, datatype=wire_type(model.contract.spec(name)), shape=list(array.shape)))
-            raw_outputs.append(array.tobytes())
+            tensor = pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=wire_type(model.contract.spec(name)), shape=list(array.shape))
+            if name in output_regions:
+                region, offset, size = output_regions[name]
+                shared_memory.write(region, offset, size, array.tobytes(), what=f"output {name!r}")
+                tensor.parameters["shared_memory_region"].string_param = region
+                tensor.parameters["shared_memory_byte_size"].int64_param = array.nbytes
+                if offset:
+                    tensor.parameters["shared_memory_offset"].int64_param = offset
+            else:
+                raw_outputs.append(array.tobytes())
+            outputs.append(tensor)
         return pb.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION,
                                      id=request.id or str(uuid.uuid4()), outputs=outputs, raw_output_contents=raw_outputs)
 

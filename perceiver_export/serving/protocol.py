@@ -10,7 +10,7 @@ buffers (no per-element Python objects), so HTTP costs what the bytes cost.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ import simdjson
 from ..contract import IOContract, TensorSpec
 from ..errors import InputError
 from ..runtime.arrays import NUMPY_DTYPES
+from .shared_memory import region_params
 
 WIRE_TYPES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "bool": "BOOL"}
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (lower case, as ASGI gives it)
@@ -208,6 +209,7 @@ class RestRequest:
     feeds: dict[str, np.ndarray]
     outputs: dict[str, bool]  # requested output -> binary; empty = every output, `binary_default`
     binary_default: bool
+    output_regions: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # output -> shared memory span
 
 
 def _plain(value: Any) -> Any:
@@ -227,7 +229,7 @@ def _parameters(obj: Any, where: str) -> dict:
 
 
 def decode_rest(contract: IOContract, body: bytes | bytearray, header_length: str | None, *,
-                allow_non_finite: bool = False, lift: bool = True) -> RestRequest:
+                allow_non_finite: bool = False, lift: bool = True, shared_memory=None) -> RestRequest:
     """An inference request body (JSON, optionally followed by binary tensor data) as checked arrays.
 
     The JSON is parsed with simdjson, and tensor data goes from its parse straight into numpy buffers: the
@@ -264,8 +266,16 @@ def decode_rest(contract: IOContract, body: bytes | bytearray, header_length: st
         name = item["name"]
         if name in feeds:
             raise InputError(f"input {name!r}: given twice")
-        size = _parameters(item, f"input {name!r}").get("binary_data_size")
+        item_params = _parameters(item, f"input {name!r}")
+        size = item_params.get("binary_data_size")
         raw = None
+        region = region_params(item_params, f"input {name!r}")
+        if region is not None:
+            if size is not None or item.get("data") is not None:
+                raise InputError(f"input {name!r}: data from shared memory and in the request at once")
+            if shared_memory is None:
+                raise InputError(f"input {name!r}: this server takes no shared memory inputs")
+            raw = shared_memory.read(*region, what=f"input {name!r}")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InputError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
@@ -283,10 +293,11 @@ def decode_rest(contract: IOContract, body: bytes | bytearray, header_length: st
     if spans:  # a lifted array that was not an input's data (a parameter's, say): read the body as it is
         del parser, request
         return decode_rest(contract, body, header_length,
-                           allow_non_finite=allow_non_finite, lift=False)
+                           allow_non_finite=allow_non_finite, lift=False, shared_memory=shared_memory)
     if offset != len(body):
         raise InputError(f"the body has {len(body) - offset} bytes of binary data that no input claims")
     outputs: dict[str, bool] = {}
+    output_regions: dict[str, tuple[str, int, int]] = {}
     requested = _plain(request.get("outputs")) or []
     if not isinstance(requested, list):
         raise InputError("malformed request: 'outputs' must be a list")
@@ -296,11 +307,18 @@ def decode_rest(contract: IOContract, body: bytes | bytearray, header_length: st
         known = [o.name for o in contract.outputs]
         if item["name"] not in known:
             raise InputError(f"unknown output {item['name']!r}: expected one of {', '.join(known)}")
-        outputs[item["name"]] = bool(_parameters(item, f"output {item['name']!r}").get("binary_data", binary_default))
+        output_params = _parameters(item, f"output {item['name']!r}")
+        outputs[item["name"]] = bool(output_params.get("binary_data", binary_default))
+        region = region_params(output_params, f"output {item['name']!r}")
+        if region is not None:
+            if shared_memory is None:
+                raise InputError(f"output {item['name']!r}: this server writes no shared memory outputs")
+            shared_memory.status(region[0])  # registered now, or refused before the request runs
+            output_regions[item["name"]] = region
     request_id = _plain(request.get("id"))
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"malformed request: 'id' must be a string, got {type(request_id).__name__}")
-    return RestRequest(request_id, feeds, outputs, binary_default)
+    return RestRequest(request_id, feeds, outputs, binary_default, output_regions)
 
 
 # A JSON part at least this large has its flat number arrays read by numpy's text parser (which releases the
@@ -366,14 +384,20 @@ def json_tensor_data(array: np.ndarray) -> Any:
 
 
 def encode_rest(contract: IOContract, model_name: str, request: RestRequest, results: Mapping[str, np.ndarray],
-                request_id: str, model_version: str | None = None) -> tuple[bytes, int | None]:
+                request_id: str, model_version: str | None = None, shared_memory=None) -> tuple[bytes, int | None]:
     """The response body and, when binary data follows the JSON, the JSON's length for the header."""
     wanted = request.outputs or {o.name: request.binary_default for o in contract.outputs}
     tensors, blobs = [], []
     for name, binary in wanted.items():
         array = np.ascontiguousarray(results[name])
         entry: dict[str, Any] = {"name": name, "datatype": wire_type(contract.spec(name)), "shape": list(array.shape)}
-        if binary:
+        if name in request.output_regions:
+            region, offset, size = request.output_regions[name]
+            shared_memory.write(region, offset, size, array.tobytes(), what=f"output {name!r}")
+            entry["parameters"] = {"shared_memory_region": region, "shared_memory_byte_size": array.nbytes}
+            if offset:
+                entry["parameters"]["shared_memory_offset"] = offset
+        elif binary:
             blob = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

@@ -64,8 +64,10 @@ async def read_body(request: Request, limit: int) -> bytearray:
 
 
 def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_bytes: int, allow_non_finite: bool,
-                  model_config: Callable[[], dict], statistics: Callable[[], dict] | None, metrics_body: Callable) -> Starlette:
-    """The REST app for `model`; `model_config()` and `statistics()` give Triton's JSON bodies."""
+                  model_config: Callable[[], dict], statistics: Callable[[], dict] | None, metrics_body: Callable,
+                  shared_memory=None) -> Starlette:
+    """The REST app for `model`; `model_config()` and `statistics()` give Triton's JSON bodies; `shared_memory`
+    (a SharedMemoryRegions) serves Triton's system shared memory extension."""
 
     def handled(endpoint):
         """Every outcome of a route as a response: a package error by its status, anything else a 500 with
@@ -132,13 +134,14 @@ def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_byte
         header_length = request.headers.get(HEADER_LENGTH)
         if len(body) >= DECODE_OFF_LOOP_BYTES:
             decoded = await asyncio.to_thread(decode_rest, model.contract, body, header_length,
-                                              allow_non_finite=allow_non_finite)
+                                              allow_non_finite=allow_non_finite, shared_memory=shared_memory)
         else:
-            decoded = decode_rest(model.contract, body, header_length, allow_non_finite=allow_non_finite)
+            decoded = decode_rest(model.contract, body, header_length, allow_non_finite=allow_non_finite,
+                                  shared_memory=shared_memory)
         del body
         results = await model.infer(decoded.feeds, "http")
         out, json_length = encode_rest(model.contract, model.name, decoded, results, decoded.id or str(uuid.uuid4()),
-                                       MODEL_VERSION)
+                                       MODEL_VERSION, shared_memory)
         if json_length is None:
             return Response(out, media_type="application/json")
         return Response(out, media_type="application/octet-stream",
@@ -158,6 +161,25 @@ def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_byte
         model.check(name, None)
         await model.unload()
         return json_response({"name": name, "unload": True})
+
+    async def shm_status(request: Request) -> Response:
+        return json_response(shared_memory.status(request.path_params.get("region")))
+
+    async def shm_register(request: Request) -> Response:
+        body = await read_body(request, 64 * 1024)
+        try:
+            spec = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InputError(f"malformed register request: not valid JSON ({e})") from None
+        if not isinstance(spec, dict):
+            raise InputError("malformed register request: expected a JSON object with key, offset and byte_size")
+        shared_memory.register(request.path_params["region"], spec.get("key"), spec.get("offset", 0),
+                               spec.get("byte_size"))
+        return json_response({})
+
+    async def shm_unregister(request: Request) -> Response:
+        shared_memory.unregister(request.path_params.get("region"))
+        return json_response({})
 
     async def metrics(request: Request) -> Response:
         body, content_type = metrics_body(request.headers.get("accept"))
@@ -184,6 +206,14 @@ def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_byte
         Route("/v2/repository/models/{load_name}/unload", handled(unload), methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if shared_memory is not None:
+        routes += [
+            Route("/v2/systemsharedmemory/status", handled(shm_status), methods=["GET"]),
+            Route("/v2/systemsharedmemory/region/{region}/status", handled(shm_status), methods=["GET"]),
+            Route("/v2/systemsharedmemory/region/{region}/register", handled(shm_register), methods=["POST"]),
+            Route("/v2/systemsharedmemory/unregister", handled(shm_unregister), methods=["POST"]),
+            Route("/v2/systemsharedmemory/region/{region}/unregister", handled(shm_unregister), methods=["POST"]),
+        ]
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         messages = {404: f"no such route: {request.method} {request.url.path}",

@@ -36,6 +36,7 @@ JSON_BYTES_PER_VALUE = {"bool": 6}
 JSON_BYTES_PER_NUMBER = 16
 REQUEST_OVERHEAD_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers together (uvicorn/httptools set no limit)
+LINGER_S = 2.0  # after refusing a request, how long its remaining bytes are read and dropped before closing
 
 
 @dataclass
@@ -173,7 +174,18 @@ def guarded_http_protocol(max_request_bytes: int, request_timeout_s: float, keep
                 self.transport.write(b"".join([
                     f"HTTP/1.1 {status} {reason}\r\n".encode(), b"content-type: application/json\r\n",
                     f"content-length: {len(body)}\r\n".encode(), b"connection: close\r\n\r\n", body]))
-            self.transport.close()
+            # A lingering close: closing with the client's bytes still unread sends a reset, which can destroy
+            # the answer before the client reads it. Stop writing, discard what still comes (data_received),
+            # and close when the client does or after LINGER_S.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+
+        def eof_received(self):
+            if self._refused:
+                self.transport.close()
+                return None
+            return super().eof_received()
 
         def data_received(self, data: bytes) -> None:
             if not self._refused:
@@ -248,7 +260,7 @@ def guarded_http_protocol(max_request_bytes: int, request_timeout_s: float, keep
 
 def served_extensions(control_mode: str) -> list[str]:
     """The protocol and Triton extensions this server answers (server metadata lists exactly these)."""
-    extensions = ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy"]
+    extensions = ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "system_shared_memory"]
     return extensions + (["model_repository"] if control_mode == "explicit" else [])
 
 
@@ -271,7 +283,8 @@ async def serve(directory: str | Path, options: ServeOptions,
     from .model_config import served_model_config
     from .rest import make_rest_app
     from .statistics import InferenceStatistics
-    from .triton_grpc import extension_handler
+    from .shared_memory import SharedMemoryRegions
+    from .triton_grpc import extension_handler, shared_memory_handler
 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "perceiver_export"):
         logging.getLogger(name).setLevel(options.log_level.upper())
@@ -314,9 +327,11 @@ async def serve(directory: str | Path, options: ServeOptions,
             model.check(name, version)
         return model.statistics.as_json()
 
+    # A region holds at most what one request may carry.
+    shared_memory = SharedMemoryRegions(max_region_bytes=limit)
     app = make_rest_app(model, extensions=extensions, max_request_bytes=limit, allow_non_finite=options.allow_non_finite,
                         model_config=lambda: served_config, statistics=lambda: model.statistics.as_json(),
-                        metrics_body=metrics_body)
+                        metrics_body=metrics_body, shared_memory=shared_memory)
     http_config = uvicorn.Config(app, host=options.host, port=options.http_port, log_config=None,
                             log_level=options.log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=int(options.grace_s), timeout_keep_alive=options.keep_alive_s,
@@ -336,9 +351,11 @@ async def serve(directory: str | Path, options: ServeOptions,
 
     grpc_server = aio.server(options=[("grpc.max_send_message_length", -1),
                                       ("grpc.max_receive_message_length", limit)])
-    handlers, infer_request, _ = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite)
+    handlers, infer_request, _ = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite,
+                                               shared_memory=shared_memory)
     grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),
-                                          extension_handler(config_for, stats_for, infer_request)))
+                                          extension_handler(config_for, stats_for, infer_request),
+                                          shared_memory_handler(shared_memory)))
     host = f"[{options.host}]" if ":" in options.host else options.host
     try:
         grpc_port = grpc_server.add_insecure_port(f"{host}:{options.grpc_port}")
@@ -376,6 +393,7 @@ async def serve(directory: str | Path, options: ServeOptions,
     http_server.should_exit = True
     await grpc_server.stop(grace=min(5.0, options.grace_s))
     await http_task
+    shared_memory.unregister()
     return 0
 
 

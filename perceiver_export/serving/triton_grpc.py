@@ -26,7 +26,10 @@ from ..errors import BackendUnavailableError, ModelNotFoundError
 SERVICE = "inference.GRPCInferenceService"
 PROTO_FILES = ("model_config_pb2.py", "service_pb2.py")  # dependency first
 MESSAGES = ("ModelConfig", "ModelConfigRequest", "ModelConfigResponse", "ModelStatisticsRequest",
-            "ModelStatisticsResponse", "ModelStreamInferResponse", "ModelInferRequest", "ModelInferResponse")
+            "ModelStatisticsResponse", "ModelStreamInferResponse", "ModelInferRequest", "ModelInferResponse",
+            "SystemSharedMemoryStatusRequest", "SystemSharedMemoryStatusResponse", "SystemSharedMemoryRegisterRequest",
+            "SystemSharedMemoryRegisterResponse", "SystemSharedMemoryUnregisterRequest",
+            "SystemSharedMemoryUnregisterResponse")
 MAX_IN_FLIGHT = 64  # per stream: requests read but not yet answered on it; past it the stream is not read further
 
 log = logging.getLogger("perceiver_export")
@@ -188,4 +191,53 @@ def extension_handler(config_for: Callable[[str, str], Mapping], stats_for: Call
     })
 
 
-__all__ = ["SERVICE", "extension_handler", "stream_response_bytes", "triton_messages"]
+def shared_memory_handler(regions):
+    """A `grpc.GenericRpcHandler` for Triton's SystemSharedMemoryStatus / Register / Unregister over `regions`
+    (a SharedMemoryRegions); a mistake (an unknown key, a region past its file) is INVALID_ARGUMENT."""
+    import grpc
+
+    from ..errors import InputError
+
+    messages = triton_messages()
+
+    def guarded(call, empty):
+        async def handler(request, context):
+            try:
+                return call(request)
+            except InputError as e:
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(str(e))
+                return empty()
+        return handler
+
+    def status(request):
+        response = messages.SystemSharedMemoryStatusResponse()
+        for entry in regions.status(request.name):
+            region = response.regions[entry["name"]]
+            region.name, region.key, region.offset, region.byte_size = (entry["name"], entry["key"], entry["offset"],
+                                                                        entry["byte_size"])
+        return response
+
+    def register(request):
+        regions.register(request.name, request.key, request.offset, request.byte_size)
+        return messages.SystemSharedMemoryRegisterResponse()
+
+    def unregister(request):
+        regions.unregister(request.name)
+        return messages.SystemSharedMemoryUnregisterResponse()
+
+    def unary(call, request_class, response_class):
+        return grpc.unary_unary_rpc_method_handler(guarded(call, response_class), request_deserializer=request_class.FromString,
+                                                   response_serializer=response_class.SerializeToString)
+
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "SystemSharedMemoryStatus": unary(status, messages.SystemSharedMemoryStatusRequest,
+                                          messages.SystemSharedMemoryStatusResponse),
+        "SystemSharedMemoryRegister": unary(register, messages.SystemSharedMemoryRegisterRequest,
+                                            messages.SystemSharedMemoryRegisterResponse),
+        "SystemSharedMemoryUnregister": unary(unregister, messages.SystemSharedMemoryUnregisterRequest,
+                                              messages.SystemSharedMemoryUnregisterResponse),
+    })
+
+
+__all__ = ["SERVICE", "extension_handler", "shared_memory_handler", "stream_response_bytes", "triton_messages"]
