@@ -299,7 +299,7 @@ def cmd_verify(args, console: Console) -> int:
     from .polygraphy_view import default_failure_dir, save_and_print
     from .report_table import print_parity
 
-    out = Console(stderr=True, highlight=False) if args.json else console  # --json: stdout holds the document only
+    out = _stderr_console() if args.json else console  # --json: stdout holds the document only
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
     manifest = read_manifest(args.dir)
     if args.save_inputs:
@@ -313,7 +313,7 @@ def cmd_verify(args, console: Console) -> int:
         if args.json:
             print_document({"schema": "perceiver-export/verify", "directory": str(manifest.directory), "passed": False,
                             "files": {"intact": False, "error": str(e)}, "parity": None, "exit_code": EXIT_PARITY})
-        Console(stderr=True, highlight=False).print(f"[bold red]verification failed:[/] {e}")
+        _stderr_console().print(f"[bold red]verification failed:[/] {e}")
         return EXIT_PARITY
     if not args.json:
         print_parity(report, console)
@@ -338,7 +338,7 @@ def cmd_trt(args, console: Console) -> int:
     from ..engines.profiles import parse_profile
     from .json_output import print_document
 
-    console = Console(stderr=True, highlight=False) if args.json else console  # --json: stdout holds the document only
+    console = _stderr_console() if args.json else console  # --json: stdout holds the document only
     contract = read_manifest(args.dir).contract
     profiles = [parse_profile(text, contract, i + 1) for i, text in enumerate(args.profile)]
     flavor = import_flavor(args.flavor)
@@ -378,7 +378,7 @@ def cmd_bench(args, console: Console) -> int:
     from ..bench.run import BenchSettings, run_bench
     from .json_output import print_document
 
-    console = Console(stderr=True, highlight=False) if args.json else console  # --json: stdout holds the document only
+    console = _stderr_console() if args.json else console  # --json: stdout holds the document only
     if args.choose_default:
         return _choose_default_graph(args, console)
     settings = BenchSettings()
@@ -548,6 +548,11 @@ def cmd_doctor(args, console: Console) -> int:
     report = run_doctor(args.keep, on_start=start, on_step=lambda step: print_step(step, console))
     print_verdict(report, console)
     return report.exit_code
+
+
+def _stderr_console() -> Console:
+    """Where --json sends progress and notes; as wide as main's error console when not a terminal."""
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 def _artifact_dir(path: Path, errors: Console) -> Path:
