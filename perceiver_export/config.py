@@ -47,7 +47,8 @@ class ModelSpec:
                 return _positive_int(source[key], key, self.name)
         raise ConfigError(
             f"{self.name}: cannot tell the feature size of q, k and v from the arguments of {self.module}: "
-            "pass --dim N (and --context-dim N when k and v differ from q)"
+            "pass --dim N (and --context-dim N when k and v differ from q) on the command line, or set dim (and context_dim) "
+            "under [io] in the spec (io= in Python)"
         )
 
     @property

@@ -21,7 +21,7 @@ from typing import Callable
 from . import __version__, runtime
 from .artifact.manifest import read_manifest
 from .config import ModelSpec
-from .engines.build import BuildOptions, build_engine
+from .engines.build import DEFAULT_RTX_TARGET, BuildOptions, build_engine
 from .engines.compat import cuda_compute_capability
 from .engines.flavor import FLAVORS, INSTALL_HINTS, RTX_COMPUTE_CAPABILITIES, installed_flavors
 from .errors import ParityError
@@ -210,12 +210,13 @@ class EnginePlan:
 
 
 def engine_plan(gpu: dict, flavors: list[str]) -> EnginePlan:
-    """Datacenter TensorRT for its own GPU; TensorRT-RTX for this GPU when it targets it, else cross-built for sm89."""
+    """Datacenter TensorRT for its own GPU; TensorRT-RTX for this GPU when it targets it, else cross-built for
+    DEFAULT_RTX_TARGET (the `trt` command's and build_engine's default there)."""
     if "tensorrt" in flavors and gpu["usable"]:
         return EnginePlan("tensorrt", (), True, None)
     if "tensorrt_rtx" in flavors:
         runs, why = _flavor_runs("tensorrt_rtx", "installed", gpu)
-        return EnginePlan("tensorrt_rtx", (gpu["compute_capability"],) if runs else ("sm89",), runs, why)
+        return EnginePlan("tensorrt_rtx", (gpu["compute_capability"],) if runs else (DEFAULT_RTX_TARGET,), runs, why)
     if "tensorrt" in flavors:
         return EnginePlan("tensorrt", (), False, f"datacenter TensorRT builds on the GPU it targets: {gpu['reason']}", builds=False)
     return EnginePlan(None, (), False, "no TensorRT flavor is installed", builds=False)
@@ -268,6 +269,20 @@ def run_doctor(workdir: str | Path | None = None, on_start: Callable[[DoctorRepo
     return report
 
 
+def worst_at_tolerance(results) -> str:
+    """Each tolerance the parity cases were judged by, with its backends and their worst error: a bf16 or int8 row
+    passes at its own tolerance, not at the dtype's, and the line must say which."""
+    groups: dict[str, list] = {}
+    for r in results:
+        groups.setdefault(r.tolerance.describe(), []).append(r)
+    parts = []
+    for tolerance, rows in groups.items():
+        worst = max(r.comparison.max_abs for r in rows)
+        backends = ", ".join(dict.fromkeys(r.backend for r in rows))
+        parts.append(f"{backends} worst max abs {worst:.1e} (judged at {tolerance})")
+    return "; ".join(parts)
+
+
 def _checks(report: DoctorReport, base: Path, on_step) -> None:
     gpu, run = report.gpu, _Runner(report, on_step)
     artifact = base / TINY["name"]
@@ -282,9 +297,8 @@ def _checks(report: DoctorReport, base: Path, on_step) -> None:
         parity = verify_artifact(artifact, on_case=recorder)
         require_parity(parity)
         state["tolerance"] = parity.tolerance
-        worst = max(r.comparison.max_abs for r in parity.results)
         return (f"{len(parity.results) // len(parity.backends)} cases on {', '.join(parity.backends)} against eager float32: "
-                f"worst max abs {worst:.1e} (atol {parity.tolerance.atol:g}, rtol {parity.tolerance.rtol:g})")
+                f"{worst_at_tolerance(parity.results)}")
 
     plan = engine_plan(gpu, installed_flavors())
 
@@ -308,8 +322,7 @@ def _checks(report: DoctorReport, base: Path, on_step) -> None:
     def parity() -> str:
         result = verify_artifact(artifact, backends=["tensorrt"], write=False)
         require_parity(result)
-        worst = max(r.comparison.max_abs for r in result.results)
-        return f"{len(result.results)} cases against eager float32: worst max abs {worst:.1e}"
+        return f"{len(result.results)} cases against eager float32: {worst_at_tolerance(result.results)}"
 
     def polygraphy() -> str:
         manifest = read_manifest(artifact)
@@ -329,7 +342,7 @@ def _checks(report: DoctorReport, base: Path, on_step) -> None:
         rest = "" if plan.runs else "; --trt not here (see run)"
         return f"polygraphy run {ran}: {len(files.cases)} saved cases match the eager outputs{rest}"
 
-    keep = "re-run with `doctor --keep DIR` to keep the artifact, then follow docs/tensorrt-on-your-gpu.md"
+    keep = "re-run with `doctor --keep DIR` to keep the artifact, then follow `python -m perceiver_export docs tensorrt-on-your-gpu`"
     run.step("export", export, f"check the versions above against pyproject.toml's ranges (torch>=2.6, onnx>=1.17, "
                                f"onnxscript>=0.2); {REPORT_FIX}")
     run.step("verify", verify, f"ONNX Runtime disagrees with eager PyTorch on this machine: {keep}; {REPORT_FIX}")

@@ -21,6 +21,11 @@ class ArtifactError(PerceiverExportError):
     """An artifact directory is missing a file, is damaged, or its manifest is invalid."""
 
 
+class ArtifactDamagedError(ArtifactError):
+    """A file the manifest lists is missing, or its size or sha256 is not the recorded one: for `verify` a failed
+    verification (exit 1, like a parity failure), for every other command an error (exit 3)."""
+
+
 class BackendUnavailableError(PerceiverExportError):
     """The requested backend is not installed here or cannot run this artifact."""
 

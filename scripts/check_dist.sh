@@ -49,6 +49,8 @@ PY
   "$venv/bin/python" -m perceiver_export inspect "$work/$kind-artifact" > "$work/$kind-inspect.log" 2>&1 \
     || { cat "$work/$kind-inspect.log"; exit 1; }
   grep -q "perceiver-export $version" "$work/$kind-inspect.log" || { cat "$work/$kind-inspect.log"; exit 1; }
-  echo "   $kind: --version, onnx, verify (parity PASSED), inspect: ok"
+  # The pages help texts point at ship with the package.
+  "$venv/bin/python" -m perceiver_export docs parity | grep -q "^# " || { echo "docs parity printed no page"; exit 1; }
+  echo "   $kind: --version, onnx, verify (parity PASSED), inspect, docs: ok"
   cd "$checkout"
 done

@@ -91,7 +91,8 @@ def fast(monkeypatch):
     result = types.SimpleNamespace(manifest=types.SimpleNamespace(data={"files": {"model.onnx": {}}}), seconds=0.1)
     monkeypatch.setattr(doctor, "export_artifact", lambda *a, **k: result)
     parity = types.SimpleNamespace(tolerance=Tolerance(1e-4, 1e-3), backends=["onnxruntime"],
-                                   results=[types.SimpleNamespace(comparison=types.SimpleNamespace(max_abs=1e-7))])
+                                   results=[types.SimpleNamespace(backend="onnxruntime", tolerance=Tolerance(1e-4, 1e-3),
+                                                                  comparison=types.SimpleNamespace(max_abs=1e-7))])
     monkeypatch.setattr(doctor, "verify_artifact", lambda *a, **k: parity)
     monkeypatch.setattr(doctor, "require_parity", lambda report: None)
     monkeypatch.setattr(doctor, "installed_flavors", lambda: [])
@@ -162,3 +163,26 @@ def test_a_polygraphy_mismatch_shows_polygraphys_verdict(fast, monkeypatch):
     assert step.status == FAILED and step.error.startswith(
         "RuntimeError: polygraphy run --onnxrt failed (exit 1): [E] Accuracy Summary | onnxrt-runner vs. eager-torch-float32 | Passed: 0/14")
     assert "doctor --keep DIR" in step.fix
+
+
+def test_verify_line_shows_the_tolerance_each_backend_was_judged_by(tiny_fp32):
+    """A bf16-compute row passes at its own scale tolerance: the line says so, not the dtype's atol/rtol."""
+    import numpy as np
+
+    from perceiver_export.cli.doctor_view import print_step
+    from perceiver_export.doctor import Step, worst_at_tolerance
+    from perceiver_export.verify.compare import TOLERANCES, compare
+    from perceiver_export.verify.parity import CaseResult, verify_artifact
+
+    report = verify_artifact(tiny_fp32.directory, backends=["onnxruntime-optimized"], write=False)
+    ref = np.linspace(-1, 1, 64, dtype=np.float32)
+    bf16 = TOLERANCES["bf16-compute"]
+    report.results.append(CaseResult("openvino-bf16", report.results[0].case,
+                                     compare(ref + 9.1e-3, ref, bf16.atol, bf16.rtol, bf16.scale_atol), 0.01, bf16))
+    line = worst_at_tolerance(report.results)
+    worst = max(r.comparison.max_abs for r in report.results if r.backend == "onnxruntime-optimized")
+    assert line == (f"onnxruntime-optimized worst max abs {worst:.1e} (judged at atol 0.0001, rtol 0.001); "
+                    "openvino-bf16 worst max abs 9.1e-03 (judged at 0.05 × std(ref))")
+    console = Console(record=True, width=300)
+    print_step(Step("verify", OK, detail=f"16 cases against eager float32: {line}", seconds=1.0), console)
+    assert "openvino-bf16 worst max abs 9.1e-03 (judged at 0.05 × std(ref))" in console.export_text()

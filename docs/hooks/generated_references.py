@@ -3,6 +3,8 @@
 - `<!-- cli-reference -->` (cli.md) becomes the reference of `python -m perceiver_export`, rendered from the
   argparse parser itself (`perceiver_export.cli.main.build_parser()`): every subcommand, its usage, every option
   with its help and default.
+- `<!-- json-schemas -->` (cli.md) becomes the JSON Schema of each `--json` output
+  (`perceiver_export.cli.json_output.SCHEMAS`).
 - `<!-- manifest-schema -->` (artifacts.md) becomes the JSON Schema `manifest.json` is validated with
   (`perceiver_export.artifact.manifest_schema.MANIFEST_SCHEMA`).
 
@@ -16,7 +18,8 @@ import json
 
 from mkdocs.exceptions import PluginError
 
-PLACEHOLDERS = {"<!-- cli-reference -->": "cli.md", "<!-- manifest-schema -->": "artifacts.md"}
+PLACEHOLDERS = {"<!-- cli-reference -->": "cli.md", "<!-- manifest-schema -->": "artifacts.md",
+                "<!-- json-schemas -->": "cli.md"}
 USAGE_WIDTH = 100
 
 
@@ -28,7 +31,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         if placeholder in markdown and not here:
             raise PluginError(f"{page.file.src_uri}: {placeholder} belongs on {owner} only")
         if here:
-            render = cli_reference if placeholder == "<!-- cli-reference -->" else manifest_schema
+            render = {"<!-- cli-reference -->": cli_reference, "<!-- manifest-schema -->": manifest_schema,
+                      "<!-- json-schemas -->": json_schemas}[placeholder]
             markdown = markdown.replace(placeholder, render())
     return markdown
 
@@ -37,6 +41,12 @@ def manifest_schema() -> str:
     from perceiver_export.artifact.manifest_schema import MANIFEST_SCHEMA
 
     return "```json\n" + json.dumps(MANIFEST_SCHEMA, indent=2, ensure_ascii=False) + "\n```\n"
+
+
+def json_schemas() -> str:
+    from perceiver_export.cli.json_output import schemas_markdown
+
+    return schemas_markdown()
 
 
 def cli_reference() -> str:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..contract import IOContract
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactDamagedError, ArtifactError, ConfigError
 from .atomic import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -95,15 +95,15 @@ class Manifest:
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ArtifactError(f"{self.directory / MANIFEST}: file entry {name!r} points outside the artifact")
             if not path.is_file():
-                raise ArtifactError(f"{path}: listed in the manifest but missing")
+                raise ArtifactDamagedError(f"{path}: listed in the manifest but missing")
             size = path.stat().st_size
             if size != entry["bytes"]:
-                raise ArtifactError(
+                raise ArtifactDamagedError(
                     f"{path}: damaged: {size} bytes, the manifest records {entry['bytes']}"
                 )
             digest = sha256_of(path)
             if digest != entry["sha256"]:
-                raise ArtifactError(
+                raise ArtifactDamagedError(
                     f"{path}: damaged: sha256 {digest[:16]}… does not match the manifest's {entry['sha256'][:16]}…"
                 )
 

@@ -18,6 +18,8 @@ from ..errors import ConfigError, ParityError, PerceiverExportError
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 ARTIFACTS = Path("artifacts")
+ARTIFACT_DIR_HELP = "artifact directory (a file inside one, e.g. DIR/model.onnx, names its artifact)"
+JSON_HELP = "print one JSON document on stdout (progress and notes go to stderr); schema: `python -m perceiver_export docs cli`"
 SERVE_BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]  # runners serve, loadtest and kserve take
 
 
@@ -62,10 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not time the verified ONNX Runtime graphs at the opt shape: the default graph is then plain")
     _tolerance_options(onnx)
 
-    verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 on a mismatch")
-    verify.add_argument("dir", type=Path, help="artifact directory")
-    verify.add_argument("--backends", help="comma-separated: onnxruntime, onnx-reference, torch (the artifact dtype in eager), openvino, "
-                        "openvino-bf16 (default: every exported-graph backend that runs here)")
+    verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 when a file's "
+                                           "sha256 or a parity case does not match")
+    verify.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
+    verify.add_argument("--json", action="store_true", help=JSON_HELP)
+    verify.add_argument("--backends", help="comma-separated: onnxruntime (every ONNX Runtime graph the artifact lists), "
+                        "onnxruntime-optimized, onnxruntime-int8 (one of them), onnx-reference, torch (the artifact dtype "
+                        "in eager), openvino, openvino-bf16, tensorrt (default: every exported-graph backend that runs here)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the parity inputs (default: 0)")
     verify.add_argument("--no-write", action="store_true", help="do not store the report in the manifest")
     verify.add_argument("--save-inputs", type=Path, metavar="DIR",
@@ -74,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _tolerance_options(verify)
 
     trt = sub.add_parser("trt", help="build a TensorRT engine from DIR/model.onnx with profiles from the manifest")
-    trt.add_argument("dir", type=Path, help="artifact directory")
+    trt.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
+    trt.add_argument("--json", action="store_true", help=JSON_HELP)
     trt.add_argument("--flavor", default="auto", choices=["auto", "tensorrt", "tensorrt_rtx"],
                      help="auto = datacenter TensorRT where installed, else TensorRT-RTX")
     trt.add_argument("--compute-capability", action="append", default=[], metavar="SM",
-                     help="TensorRT-RTX target GPU, repeatable: sm75 sm80 sm86 sm89 sm120 sm121 (default sm89)")
+                     help="TensorRT-RTX target GPU, repeatable: sm75 sm80 sm86 sm89 sm120 sm121 (default: this "
+                          "machine's GPU where TensorRT-RTX supports it, else sm89)")
     trt.add_argument("--profile", action="append", default=[], metavar="[NAME:]AXIS=MIN:OPT:MAX,...",
                      help="an extra optimization profile; axes left out keep the artifact's range (repeatable)")
     trt.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory limit in MiB")
@@ -88,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--out", help="engine file name inside DIR (default model.<flavor>.engine)")
 
     bench = sub.add_parser("bench", help="latency, throughput, memory and FLOP/s of every backend over a grid of shapes")
-    bench.add_argument("dir", type=Path, help="artifact directory")
+    bench.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
+    bench.add_argument("--json", action="store_true", help=JSON_HELP)
     bench.add_argument("--backends", help="comma-separated, from: torch, torch-compile, torch-bf16, onnxruntime, "
                        "onnxruntime-optimized, onnxruntime-int8, openvino, openvino-bf16, tensorrt (default: all but torch-compile)")
     bench.add_argument("--grid", metavar="B:Q:K:V,...", help="points (default: opt, middle and max lengths at the opt batch, then all at max)")
@@ -102,10 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "fastest as the manifest's default graph (the one runners start from)")
 
     inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
-    inspect.add_argument("dir", type=Path, help="artifact directory")
+    inspect.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
+    inspect.add_argument("--json", action="store_true", help=JSON_HELP)
 
     triton = sub.add_parser("triton", help="write a Triton Inference Server model repository for an artifact (configs from its I/O contract)")
-    triton.add_argument("dir", type=Path, help="artifact directory")
+    triton.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
     triton.add_argument("--repo", type=Path, default=Path("triton"), metavar="PATH", help="model repository; other models in it are left alone (default: ./triton)")
     triton.add_argument("--name", help="model name (default: the artifact's name)")
     triton.add_argument("--version", type=int, default=1, metavar="N", help="model version directory (default 1)")
@@ -123,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="engine of the manifest to serve (repeatable; default: every datacenter TensorRT engine)")
     engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
     serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol (KServe v2: HTTP/REST and gRPC) with dynamic batching")
-    serve.add_argument("dir", type=Path, help="artifact directory")
+    serve.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
     serve.add_argument("--backend", default="onnxruntime", choices=SERVE_BACKENDS, help="runner (default onnxruntime)")
     serve.add_argument("--graph", choices=["plain", "optimized", "int8"], help="onnxruntime: which ONNX graph (default: the runner's)")
     serve.add_argument("--device", help="torch: cpu, cuda, cuda:N; tensorrt: GPU index")
@@ -151,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-non-finite", action="store_true",
                        help="accept NaN and Inf in floating-point inputs (default: 400 naming the first one)")
     load = sub.add_parser("loadtest", help="closed-loop clients (tritonclient or perf_analyzer) against a real `serve` process: latency, req/s, batching on vs off")
-    load.add_argument("dir", type=Path, help="artifact directory")
+    load.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
     load.add_argument("--client", default="tritonclient", choices=["tritonclient", "perf_analyzer", "both"],
                       help="the load generator: tritonclient (default), Triton's perf_analyzer "
                            "(scripts/install_perf_analyzer.sh; every request at the contract's opt sizes), or both in "
@@ -172,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="perf_analyzer: three count windows within this %% settle a level (-s; default 50)")
     load.add_argument("--out", type=Path, help="folder for loadtest.json and loadtest.png (default DIR/loadtest)")
     ks = sub.add_parser("kserve", help="write a KServe InferenceService manifest whose predictor runs `serve` on the artifact")
-    ks.add_argument("dir", type=Path, help="artifact directory")
+    ks.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
     ks.add_argument("--image", required=True, help="container image with perceiver-export[serve] installed")
     ks.add_argument("--name", help="InferenceService and model name (default: the artifact's name)")
     ks.add_argument("--namespace", help="Kubernetes namespace (default: kubectl's)")
@@ -189,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
     ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")
     _doctor_parser(sub)
+    docs = sub.add_parser("docs", help="print a page of the guide (they ship with the package): "
+                                       "`docs` lists the topics, `docs parity` prints one")
+    docs.add_argument("topic", nargs="?", help="a page's topic, e.g. parity, tensorrt, serving (default: list them)")
     return parser
 
 
@@ -200,8 +212,10 @@ def _doctor_parser(sub) -> None:
 
 
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype, see README)")
-    p.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype, see README)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype and backend: "
+                   "`python -m perceiver_export docs parity`)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype and backend: "
+                   "`python -m perceiver_export docs parity`)")
 
 
 class _CaseProgress:
@@ -281,42 +295,58 @@ def _json_object(text: str | None, option: str) -> dict:
 
 def cmd_verify(args, console: Console) -> int:
     from ..artifact.manifest import read_manifest
+    from ..errors import ArtifactDamagedError
     from ..verify.parity import verify_artifact
     from ..verify.polygraphy import CaseRecorder, polygraphy_available
+    from .json_output import print_document
     from .polygraphy_view import default_failure_dir, save_and_print
     from .report_table import print_parity
 
+    out = _stderr_console() if args.json else console  # --json: stdout holds the document only
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
     manifest = read_manifest(args.dir)
     if args.save_inputs:
         polygraphy_available(manifest)  # refuse before the grid runs, not after
     recorder = CaseRecorder(failed_only=not args.save_inputs)
-    with _CaseProgress(console) as progress:
-        report = verify_artifact(manifest, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
-                                 write=not args.no_write, progress=progress, on_case=recorder)
-    print_parity(report, console)
+    try:
+        with _CaseProgress(out) as progress:
+            report = verify_artifact(manifest, backends=backends, atol=args.atol, rtol=args.rtol, seed=args.seed,
+                                     write=not args.no_write, progress=progress, on_case=recorder)
+    except ArtifactDamagedError as e:  # a file that is not what was verified fails verification, as parity does
+        if args.json:
+            print_document({"schema": "perceiver-export/verify", "directory": str(manifest.directory), "passed": False,
+                            "files": {"intact": False, "error": str(e)}, "parity": None, "exit_code": EXIT_PARITY})
+        _stderr_console().print(f"[bold red]verification failed:[/] {e}")
+        return EXIT_PARITY
+    if not args.json:
+        print_parity(report, console)
     if recorder.cases:
         try:
-            save_and_print(manifest, recorder, args.save_inputs or default_failure_dir(args.dir), report, console)
+            save_and_print(manifest, recorder, args.save_inputs or default_failure_dir(args.dir), report, out)
         except PerceiverExportError as e:
             if args.save_inputs:
                 raise
-            console.print(f"note: the failing cases were not saved for Polygraphy: {e}")
-    return EXIT_OK if report.passed else EXIT_PARITY
+            out.print(f"note: the failing cases were not saved for Polygraphy: {e}")
+    code = EXIT_OK if report.passed else EXIT_PARITY
+    if args.json:
+        print_document({"schema": "perceiver-export/verify", "directory": str(manifest.directory), "passed": report.passed,
+                        "files": {"intact": True, "error": None}, "parity": report.as_dict(), "exit_code": code})
+    return code
 
 
 def cmd_trt(args, console: Console) -> int:
     from ..artifact.manifest import read_manifest
-    from ..engines.build import BuildOptions, build_engine
+    from ..engines.build import BuildOptions, build_engine, target_compute_capabilities
     from ..engines.flavor import import_flavor, parse_compute_capability
     from ..engines.profiles import parse_profile
+    from .json_output import print_document
 
+    console = _stderr_console() if args.json else console  # --json: stdout holds the document only
     contract = read_manifest(args.dir).contract
     profiles = [parse_profile(text, contract, i + 1) for i, text in enumerate(args.profile)]
     flavor = import_flavor(args.flavor)
-    ccs = [parse_compute_capability(c) for c in args.compute_capability]
-    if flavor.targets_compute_capabilities and not ccs:
-        ccs = ["sm89"]
+    ccs = [parse_compute_capability(c) for c in args.compute_capability]  # empty: build_engine's default, as in Python
+    targets, _ = target_compute_capabilities(flavor, ccs)
     options = BuildOptions(flavor=flavor.name, compute_capabilities=ccs, profiles=profiles, workspace_mib=args.workspace,
                            optimization_level=args.opt_level, cache=args.cache, tf32=args.tf32, engine_name=args.out)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True)
@@ -330,7 +360,7 @@ def cmd_trt(args, console: Console) -> int:
         elif event == "finish" and phase in tasks:
             bar.remove_task(tasks.pop(phase))
 
-    console.print(f"building with {flavor.name} {flavor.version}" + (f" for {', '.join(ccs)}" if ccs else ""))
+    console.print(f"building with {flavor.name} {flavor.version}" + (f" for {', '.join(targets)}" if targets else ""))
     with bar:
         result = build_engine(args.dir, options, progress=on_progress)
     for note in result.notes:
@@ -338,6 +368,9 @@ def cmd_trt(args, console: Console) -> int:
     e = result.entry
     console.print(f"wrote {result.path} ({e['build']['bytes']:,} bytes, {len(e['profiles'])} profile(s), "
                   f"TF32 {'allowed' if e['tf32'] else 'off'}) in {result.seconds:.1f} s")
+    if args.json:
+        print_document({"schema": "perceiver-export/trt", "directory": str(args.dir), "path": str(result.path),
+                        "engine": e, "notes": result.notes, "seconds": round(result.seconds, 3)})
     return EXIT_OK
 
 
@@ -346,7 +379,9 @@ def cmd_bench(args, console: Console) -> int:
     from ..bench.grid import parse_grid
     from ..bench.report import print_bench, write_json, write_plot
     from ..bench.run import BenchSettings, run_bench
+    from .json_output import print_document
 
+    console = _stderr_console() if args.json else console  # --json: stdout holds the document only
     if args.choose_default:
         return _choose_default_graph(args, console)
     settings = BenchSettings()
@@ -360,11 +395,14 @@ def cmd_bench(args, console: Console) -> int:
         settings.threads = args.threads
     with console.status("benchmarking") as status:
         data = run_bench(args.dir, settings, progress=lambda msg: status.update(msg))
-    print_bench(data, console)
+    if not args.json:
+        print_bench(data, console)
     out = args.out or args.dir / "bench"
     write_json(data, out / "bench.json")
     write_plot(data, out / "bench.png")
     console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    if args.json:
+        print_document({**data, "files": {"json": str(out / "bench.json"), "png": str(out / "bench.png")}})
     return EXIT_OK
 
 
@@ -380,14 +418,23 @@ def _choose_default_graph(args, console: Console) -> int:
     manifest.write()  # atomically: a runner starting meanwhile reads the old manifest or the new one
     console.print(f"default graph: {describe(manifest.data['default_graph'])}", highlight=False)
     console.print(f"recorded in {manifest.directory / 'manifest.json'} (was {before})", highlight=False)
+    if args.json:
+        from .json_output import print_document
+
+        print_document({"schema": "perceiver-export/default-graph", "directory": str(manifest.directory),
+                        "default_graph": manifest.data["default_graph"], "was": before})
     return EXIT_OK
 
 
 def cmd_inspect(args, console: Console) -> int:
     from ..artifact.manifest import read_manifest
     from .inspect_view import print_inspect
+    from .json_output import inspect_document, print_document
 
-    print_inspect(read_manifest(args.dir), console)
+    if args.json:
+        print_document(inspect_document(read_manifest(args.dir)))
+    else:
+        print_inspect(read_manifest(args.dir), console)
     return EXIT_OK
 
 
@@ -468,6 +515,27 @@ def cmd_kserve(args, console: Console) -> int:
     console.print(f"wrote {out} (validated with KServe's V1beta1InferenceService); deploy it with\n  kubectl apply -f {out}",
                   soft_wrap=True)
     return EXIT_OK
+def cmd_docs(args, console: Console) -> int:
+    from ..docs_pages import page, topics
+
+    if not args.topic:
+        for topic, title in topics().items():
+            console.print(f"  {topic:<24}{title}", markup=False, highlight=False)
+        return EXIT_OK
+    text = page(args.topic)
+    if args.topic == "cli":  # the page's generated part, as the docs site renders it
+        from .json_output import PLACEHOLDER, schemas_markdown
+
+        text = text.replace(PLACEHOLDER, schemas_markdown())
+    if sys.stdout.isatty():
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_doctor(args, console: Console) -> int:
     from ..doctor import run_doctor
     from .doctor_view import print_environment, print_step, print_verdict
@@ -486,6 +554,21 @@ def cmd_doctor(args, console: Console) -> int:
     return report.exit_code
 
 
+def _stderr_console() -> Console:
+    """Where --json sends progress and notes; as wide as main's error console when not a terminal."""
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+
+def _artifact_dir(path: Path, errors: Console) -> Path:
+    """DIR as given, or the artifact a file inside one belongs to (said on stderr, so --json's stdout stays one document)."""
+    from ..artifact.locate import artifact_dir_for
+
+    directory, note = artifact_dir_for(path)
+    if note:
+        errors.print(note, markup=False, highlight=False, soft_wrap=True)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # As `python -m` does: `--model mypackage.layer:Class` and artifacts of it resolve from the current directory.
@@ -498,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
                     "triton": cmd_triton, "serve": cmd_serve, "loadtest": cmd_loadtest, "kserve": cmd_kserve,
-                    "doctor": cmd_doctor}
+                    "doctor": cmd_doctor, "docs": cmd_docs}
+        if isinstance(getattr(args, "dir", None), Path):  # every command that takes an artifact DIR
+            args.dir = _artifact_dir(args.dir, errors)
         return commands[args.command](args, console)
     except ParityError as e:
         errors.print(f"[bold red]parity failed:[/] {e}")

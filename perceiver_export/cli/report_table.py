@@ -15,7 +15,7 @@ def _num(x: float | None) -> str:
 def print_parity(report: ParityReport, console: Console) -> None:
     table = Table(
         title=f"parity of a {report.dtype} artifact vs eager float32 — tolerance {report.tolerance.as_dict()}"
-        + ("" if len({str(r.tolerance) for r in report.results}) <= 1 else " (int8, TF32 and bf16-compute rows: their own, see docs/parity.md)"),
+        + ("" if len({str(r.tolerance) for r in report.results}) <= 1 else " (int8, TF32 and bf16-compute rows: their own: `python -m perceiver_export docs parity`)"),
         title_justify="left",
     )
     for col in ("backend", "case", "batch", "q", "k", "v", "mask", "max abs", "max rel", "p99 abs", "abs/std", "need atol", "need rtol", "ok"):

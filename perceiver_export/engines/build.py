@@ -12,14 +12,18 @@ from ..artifact.atomic import atomic_write_bytes
 from ..artifact.manifest import Manifest, file_entry, read_manifest
 from ..errors import ArtifactError, ConfigError, EngineBuildError
 from .compat import cuda_compute_capability
-from .flavor import Flavor, import_flavor
+from .flavor import RTX_COMPUTE_CAPABILITIES, Flavor, import_flavor
 from .profiles import Profile, default_profile
+
+
+# TensorRT-RTX's target when none is asked for and no GPU it supports is visible (an Ada GPU, the RTX 40 series).
+DEFAULT_RTX_TARGET = "sm89"
 
 
 @dataclass
 class BuildOptions:
     flavor: str = "auto"
-    compute_capabilities: Sequence[str] = ()
+    compute_capabilities: Sequence[str] = ()  # TensorRT-RTX's targets; empty: see target_compute_capabilities
     profiles: Sequence[Profile] = ()  # in addition to the default profile (the manifest's ranges)
     workspace_mib: int | None = None
     optimization_level: int | None = None
@@ -120,7 +124,10 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
     plugin_types = {getattr(trt.LayerType, t) for t in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(trt.LayerType, t)}
     plugins = [network.get_layer(i).name for i in range(network.num_layers) if network.get_layer(i).type in plugin_types]
     config = builder.create_builder_config()
-    flavor.set_compute_capabilities(config, list(options.compute_capabilities))
+    targets, note = target_compute_capabilities(flavor, options.compute_capabilities)
+    if note:
+        notes.append(note)
+    flavor.set_compute_capabilities(config, targets if flavor.targets_compute_capabilities else [])
     if options.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if options.optimization_level is not None:
@@ -166,7 +173,7 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
         "file": engine_name,
         "flavor": flavor.name,
         "version": flavor.version,
-        "compute_capabilities": _targets(flavor, options),
+        "compute_capabilities": targets or None,
         "precision": f"{manifest.dtype} (from the ONNX types; strongly typed)",
         "tf32": bool(config.get_flag(trt.BuilderFlag.TF32)),
         "plugins": plugins,  # plugin layers run native code when the engine loads; the runner refuses them by default
@@ -187,12 +194,26 @@ def build_engine(directory: str | Path, options: BuildOptions, progress: Callabl
     return BuildResult(path, entry, seconds, notes)
 
 
-def _targets(flavor, options: BuildOptions) -> list[str] | None:
-    """The GPUs an engine runs on: TensorRT-RTX's chosen ones; datacenter TensorRT's is the build GPU's."""
-    if flavor.targets_compute_capabilities:
-        return list(dict.fromkeys(options.compute_capabilities)) or None
+def target_compute_capabilities(flavor: Flavor, requested: Sequence[str] = ()) -> tuple[list[str], str | None]:
+    """The GPUs an engine is built for, and a note when they were chosen rather than asked for; the one default both
+    `build_engine` and the `trt` command use.
+
+    TensorRT-RTX: the requested ones, else this machine's GPU when TensorRT-RTX supports it, else DEFAULT_RTX_TARGET.
+    Datacenter TensorRT builds for the GPU it runs on (it takes no targets: `set_compute_capabilities` refuses them).
+    """
+    requested = list(dict.fromkeys(requested))
     gpu = cuda_compute_capability()
-    return [gpu] if gpu else None
+    if not flavor.targets_compute_capabilities:
+        if requested:
+            flavor.set_compute_capabilities(None, requested)  # raises, naming the option
+        return ([gpu] if gpu else []), None
+    if requested:
+        return requested, None
+    if gpu in RTX_COMPUTE_CAPABILITIES:
+        return [gpu], f"no target given (--compute-capability, compute_capabilities= in Python): building for this GPU, {gpu}"
+    why = f"this GPU is {gpu}, which TensorRT-RTX does not target" if gpu else "no CUDA GPU is visible here"
+    return [DEFAULT_RTX_TARGET], (f"no target given (--compute-capability, compute_capabilities= in Python): building for "
+                                  f"{DEFAULT_RTX_TARGET} ({why})")
 
 
 def _record(manifest: Manifest, engine_name: str, path: Path, entry: dict) -> None:

@@ -44,11 +44,13 @@ def check_engine_trusted(entry: Mapping, allow_plugins: bool) -> None:
     if plugins is None:
         raise EngineIncompatibleError(
             f"{name}: the manifest does not say whether the engine embeds plugins (native code); "
-            "rebuild it with `python -m perceiver_export trt`, or pass allow_plugins=True if you trust it"
+            "rebuild it with `python -m perceiver_export trt`, or, if you trust it, load it in Python with allow_plugins=True "
+            "(the command line never loads plugins)"
         )
     if plugins:
         raise EngineIncompatibleError(
-            f"{name} embeds plugin layers {plugins[:5]} (native code): pass allow_plugins=True only if you trust its source"
+            f"{name} embeds plugin layers {plugins[:5]} (native code): load it in Python with "
+            "allow_plugins=True only if you trust its source (the command line never loads plugins)"
         )
 
 

@@ -19,6 +19,11 @@ class Tolerance:
     rtol: float
     scale_atol: float = 0.0
 
+    def describe(self) -> str:
+        """As a reader checks it: "atol 0.0001, rtol 0.001", or "0.05 × std(ref)" for a scale tolerance."""
+        parts = [f"atol {self.atol:g}", f"rtol {self.rtol:g}"] if self.atol or self.rtol or not self.scale_atol else []
+        return ", ".join(parts + ([f"{self.scale_atol:g} × std(ref)"] if self.scale_atol else []))
+
     def as_dict(self) -> dict:
         d = {"atol": self.atol, "rtol": self.rtol}
         if self.scale_atol:

@@ -111,6 +111,16 @@ def default_runners(manifest: Manifest, other_runtimes: bool = True) -> tuple[li
     return runners, notes
 
 
+def runners_for(manifest: Manifest, backend: str) -> list:
+    """The runners one --backends name stands for: "onnxruntime" is every ONNX Runtime graph the manifest lists (plain,
+    optimized, int8), "onnxruntime-NAME" one of them; any other name is that backend's one runner."""
+    if backend == "onnxruntime":
+        return [load(manifest, backend="onnxruntime", check_files=False, graph=g) for g in ("plain", *manifest.graphs)]
+    if backend.startswith("onnxruntime-"):
+        return [load(manifest, backend="onnxruntime", check_files=False, graph=backend.removeprefix("onnxruntime-"))]
+    return [load(manifest, backend=backend, check_files=False)]
+
+
 def verify_artifact(
     directory: str | Path | Manifest,
     backends: Sequence[str] | None = None,
@@ -135,7 +145,7 @@ def verify_artifact(
         manifest.check_external_data()
     contract = manifest.contract
     if backends:
-        runners, notes = [load(manifest, backend=b, check_files=False) for b in backends], []
+        runners, notes = [r for b in backends for r in runners_for(manifest, b)], []
     else:
         runners, notes = default_runners(manifest, other_runtimes)
     for runner in runners:  # settings that decide a backend's numbers, when they are not the library's defaults

@@ -41,7 +41,7 @@ class OnnxRuntimeRunner(Runner):
             # Its CPU kernels lack bfloat16 MatMul, and its Python API has no bfloat16 numpy type.
             raise BackendUnavailableError(
                 "the onnxruntime runner takes float32 and float16 artifacts; for bfloat16 use "
-                "backend='torch' or 'onnx-reference' (or TensorRT)"
+                "the torch or onnx-reference backend (--backend / --backends on the command line, backend= in Python), or TensorRT"
             )
         providers = list(providers) if providers else default_providers()
         available = ort.get_available_providers()

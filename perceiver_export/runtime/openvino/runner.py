@@ -60,7 +60,7 @@ class OpenVINORunner(Runner):
         if manifest.dtype != "float32":
             raise BackendUnavailableError(
                 f"the openvino runner takes float32 artifacts (this one is {manifest.dtype}); for bfloat16 compute "
-                "export float32 and use backend 'openvino' with precision='bf16' ('openvino-bf16')"
+                "export float32 and use the openvino-bf16 backend (--backend openvino-bf16; backend='openvino-bf16' in Python)"
             )
         core = ov.Core()
         if precision == "bf16":

@@ -31,7 +31,8 @@ def pick_engine(manifest: Manifest, engine: str | None) -> dict:
         )
     if engine is None:
         if len(engines) > 1:
-            raise BackendUnavailableError(f"{manifest.directory} has several engines ({', '.join(engines)}): pass engine=NAME")
+            raise BackendUnavailableError(f"{manifest.directory} has several engines ({', '.join(engines)}): "
+                                          "choose one with --engine NAME (engine=NAME in Python)")
         engine = next(iter(engines))
     if engine not in engines:
         raise ArtifactError(f"{manifest.directory}: no engine {engine!r} in the manifest; it lists {', '.join(engines)}")
