@@ -62,7 +62,7 @@ def test_atomic_writes_and_published_directories_have_the_umask_modes(umask, tmp
     assert modes_under(final) == {"d": 0o777 & ~umask, "d/sub": 0o777 & ~umask, "d/sub/g": 0o666 & ~umask}
 
 
-def test_exported_artifact_engine_triton_repo_and_kserve_manifest_have_the_umask_modes(umask, tmp_path, tiny_spec):
+def test_exported_artifact_engine_bench_triton_repo_and_kserve_manifest_have_the_umask_modes(umask, tmp_path, tiny_spec):
     out = tmp_path / "tiny"
     export_artifact(tiny_spec, out, verify=False, time_graphs=False)
     if "tensorrt_rtx" in installed_flavors():
@@ -71,8 +71,12 @@ def test_exported_artifact_engine_triton_repo_and_kserve_manifest_have_the_umask
     # In a process of its own, as the CLI: kserve's and tritonclient's protos cannot share one descriptor pool.
     subprocess.run([sys.executable, "-m", "perceiver_export", "kserve", str(out), "--image", "example.com/perceiver:1"],
                    check=True, capture_output=True, cwd=REPO, timeout=300)  # a child inherits the umask
+    bench = [sys.executable, "-m", "perceiver_export", "bench", str(out), "--backends", "onnxruntime", "--grid", "1:8:8:8",
+             "--iterations", "1", "--seconds", "0", "--threads", "1"]
+    subprocess.run(bench, check=True, capture_output=True, cwd=REPO, timeout=300)
     write_triton_repo(out, tmp_path / "triton")
     assert {"manifest.json", "model.onnx", "weights.safetensors", "inferenceservice.yaml"} <= {p.name for p in out.iterdir()}
+    assert {"bench.json", "bench.png"} <= {p.name for p in (out / "bench").iterdir()}
     assert modes_under(out) == expected(out, umask)
     repo = tmp_path / "triton"
     assert any(p.name == "config.pbtxt" for p in repo.rglob("*")) and len(list(repo.rglob("*"))) >= 3
