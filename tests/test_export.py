@@ -175,7 +175,7 @@ def test_stale_staging_of_dead_writers_is_removed(tmp_path):
     assert not dead.exists() and live.exists()
 
 
-def test_reexport_over_existing_artifact_replaces_it(tmp_path, tiny_spec):
+def test_reexport_over_existing_artifact_replaces_it_and_moves_other_files_aside(tmp_path, tiny_spec):
     out = tmp_path / "a"
     first = export_artifact(tiny_spec, out, seed=1, verify=False)
     h1 = first.manifest.data["files"]["model.onnx"]["sha256"]
@@ -183,4 +183,5 @@ def test_reexport_over_existing_artifact_replaces_it(tmp_path, tiny_spec):
     second = export_artifact(tiny_spec, out, seed=2, verify=False)
     assert second.manifest.data["files"]["model.onnx"]["sha256"] != h1
     assert not (out / "stray.bin").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert second.moved_aside == ["stray.bin"] and (tmp_path / "a.previous" / "stray.bin").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "a.previous"]

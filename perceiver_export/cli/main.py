@@ -278,6 +278,8 @@ def cmd_onnx(args, console: Console) -> int:
         print_parity(result.report, console)
     files = ", ".join(result.manifest.data["files"])
     console.print(f"wrote {result.directory}/ ({files}, manifest.json) in {result.seconds:.1f} s", highlight=False)
+    for line in result.carryover_lines():  # what the directory held before: kept, or moved to DIR.previous/
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
 
 

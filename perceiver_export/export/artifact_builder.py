@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +23,7 @@ from .onnx_graph import DEFAULT_OPSET, export_onnx, save_onnx
 from .calibration import read_calibration
 from .int8_routes import applicable_routes, candidate_file, candidate_graph, keep_fastest_int8, write_int8_route
 from .ort_graphs import GRAPH_FILES, INT8, OPTIMIZED, write_optimized_graph
+from .reexport import carry_over, describe_carryover
 from .versions import library_versions
 
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -34,6 +35,14 @@ class ExportResult:
     manifest: Manifest
     report: ParityReport | None
     seconds: float
+    carried: list[str] = field(default_factory=list)  # engines of the replaced artifact kept (same model.onnx)
+    moved_aside: list[str] = field(default_factory=list)  # what else `directory` held, now in `previous`
+    previous: Path | None = None  # DIR.previous: the replaced directory, whole; None when nothing needed keeping
+    not_carried: dict[str, str] = field(default_factory=dict)  # engine file -> why it was moved aside
+
+    def carryover_lines(self) -> list[str]:
+        """What happened to the files `directory` held before, in words (empty for a fresh directory)."""
+        return describe_carryover(self.carried, self.moved_aside, self.previous, self.not_carried)
 
 
 def normalize_dtype(dtype: str) -> str:
@@ -78,6 +87,11 @@ def export_artifact(
     then swapped into place, so `out` always holds one complete artifact: the previous
     one if this export is killed or fails parity. A failing artifact is kept at
     `<out>.rejected` for inspection and ParityError is raised.
+
+    When `out` already holds files, nothing of them is deleted: engines built from the same model.onnx for the
+    same contract are carried into the new artifact with their manifest entries (`carried`); if the old directory
+    has anything else the new one lacks (other engines, bench/, loadtest/, inferenceservice.yaml, the user's
+    files), it is moved whole to `<out>.previous` (replacing an older one) and those entries are `moved_aside`.
 
     optimize writes model.ort.onnx (ONNX Runtime fusions; dropped with a note if it fails
     parity, the plain graph is then used); int8 writes model.int8.onnx: each of int8_routes
@@ -173,12 +187,14 @@ def export_artifact(
                 manifest.data["default_graph"] = choose_default_graph(manifest)
                 manifest.write()
                 log(f"default graph: {describe(manifest.data['default_graph'])}")
-        publish_dir(staging, out)
+        kept = carry_over(out, manifest)
+        publish_dir(staging, out, previous=kept.previous)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     final = Manifest(out, manifest.data)
-    return ExportResult(out, final, report, time.perf_counter() - start)
+    return ExportResult(out, final, report, time.perf_counter() - start, kept.carried, kept.moved_aside, kept.previous,
+                        {n: kept.reasons[n] for n in kept.moved_aside if n in kept.reasons})
 
 
 def _drop_optimized_graph_if_it_alone_failed(manifest: Manifest, report: ParityReport) -> None:
