@@ -38,5 +38,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArtifactError", "BackendUnavailableError", "ConfigError", "InputError", "ParityError",
-    "PerceiverExportError", "PerceiverLayer", "__version__", *_LAZY,
+    "PerceiverExportError", "PerceiverLayer", "__version__",
+    "export_artifact", "verify_artifact", "build_engine", "BuildOptions", "load_spec",  # _LAZY's names
 ]

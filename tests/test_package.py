@@ -49,3 +49,10 @@ def test_python_api_page_example_runs(tmp_path, capsys):
     assert printed[1] == "True ['onnxruntime', 'onnxruntime-optimized', 'openvino']"
     assert printed[2] == "model.tensorrt_rtx.engine"
     assert (tmp_path / "tiny" / "model.tensorrt_rtx.engine").is_file()
+
+
+def test_all_lists_exactly_the_lazy_names_and_the_eager_ones():
+    import perceiver_export
+
+    assert set(perceiver_export._LAZY) <= set(perceiver_export.__all__)
+    assert len(perceiver_export.__all__) == len(set(perceiver_export.__all__))

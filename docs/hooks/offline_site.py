@@ -26,8 +26,8 @@ MERMAID_MAJOR = "11"  # mkdocs-material 9 calls Mermaid 11's API (and fetches me
 
 # A <link rel=...> that makes the browser fetch something; "preconnect" and "dns-prefetch" only open connections.
 LOADING_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "icon", "shortcut", "apple-touch-icon", "manifest"}
-CSS_URL = re.compile(r"""@import\s+(?:url\()?\s*['"]?([^'")\s;]+)|url\(\s*['"]?([^'")\s]+)""", re.I)
-EXTERNAL = re.compile(r"^(?:https?:)?//", re.I)
+CSS_URL = re.compile(r"""@import\s+(?:url\()?\s*['"]?([^'")\s;]+)|url\(\s*['"]?([^'")\s]+)""", re.IGNORECASE)
+EXTERNAL = re.compile(r"^(?:https?:)?//", re.IGNORECASE)
 
 
 def on_files(files, config):
