@@ -5,6 +5,8 @@
 #   EXTRAS       further extras (default rtx: TensorRT for RTX, which builds engines without a GPU)
 #   VENV         where to create the environment (default .venv)
 #   WITH_CPP     1 (default): also install the C++ runtime's dependencies (scripts/install_cpp_deps.sh, uses apt)
+# The docs site's Mermaid comes from npm (package.json, package-lock.json: `npm ci` into node_modules/), so the built
+# site loads nothing from another host; npm itself from Debian where it is missing.
 # On Linux x86_64 it also installs Triton's perf_analyzer (scripts/install_perf_analyzer.sh; the tests drive `serve` with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,11 @@ print(f"ready: torch {torch.__version__}, onnx {onnx.__version__}, onnxscript {o
       f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())}), "
       f"TensorRT flavors: {', '.join(installed_flavors()) or 'none'}")
 PY
+if ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 if [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ]; then
   VENV="$VENV" bash scripts/install_perf_analyzer.sh
 fi

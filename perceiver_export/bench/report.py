@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..artifact.atomic import atomic_path, atomic_write_text
+from ..figures import DPI, FIG_WIDTH_IN, STYLE
 
 
 def print_bench(data: dict, console: Console) -> None:
@@ -43,37 +44,49 @@ def write_json(data: dict, path: Path) -> None:
 
 
 def write_plot(data: dict, path: Path) -> None:
-    """Median latency against tokens per sequence (q_len + k_len + v_len), and speed-up over eager fp32."""
+    """bench.png: bench_figure(data), sized to be read at a docs page's width (figures.py)."""
+    import matplotlib.pyplot as plt
+
+    fig = bench_figure(data)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+
+
+def bench_figure(data: dict):
+    """Median latency against tokens per sequence (q_len + k_len + v_len) above the speed-up over eager fp32."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (lat_ax, up_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    backends = list(dict.fromkeys(r["backend"] for r in data["results"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, name in enumerate(backends):
-        rows = [r for r in data["results"] if r["backend"] == name]
-        smallest = min(r["batch"] for r in rows)
-        for batch in sorted({r["batch"] for r in rows}):
-            sub = sorted((r for r in rows if r["batch"] == batch), key=lambda r: r["q_len"] + r["k_len"] + r["v_len"])
-            x = [r["q_len"] + r["k_len"] + r["v_len"] for r in sub]
-            style = "-o" if batch == smallest else "s"
-            label = f"{name} ({rows[0]['precision']})" if batch == smallest else None
-            kw = dict(color=colors[n % len(colors)], label=label, markersize=8 if batch != smallest else 5)
-            lat_ax.plot(x, [r["median_ms"] for r in sub], style, **kw)
-            up_ax.plot(x, [r["speedup_vs_torch_fp32"] for r in sub], style, **kw)
-    batches = sorted({r["batch"] for r in data["results"]})
-    if len(batches) > 1:
-        lat_ax.plot([], [], "s", color="grey", label=f"squares: batch {', '.join(map(str, batches[1:]))}")
-    lat_ax.set(xscale="log", yscale="log", xlabel="tokens per sequence (q_len + k_len + v_len)", ylabel="median latency (ms)",
-               title=f"{data['artifact']['name']}: latency, batch {batches[0]} ({data['machine']['threads']} threads)")
-    up_ax.axhline(1.0, color="grey", lw=0.8)
-    up_ax.set(xscale="log", xlabel="tokens per sequence (q_len + k_len + v_len)", ylabel="speed-up over torch eager fp32",
-              title="speed-up (same run)")
-    lat_ax.legend(fontsize=7)
-    up_ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    with plt.rc_context(STYLE):
+        fig, (lat_ax, up_ax) = plt.subplots(2, 1, figsize=(FIG_WIDTH_IN, 8.4), sharex=True)
+        backends = list(dict.fromkeys(r["backend"] for r in data["results"]))
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for n, name in enumerate(backends):
+            rows = [r for r in data["results"] if r["backend"] == name]
+            smallest = min(r["batch"] for r in rows)
+            for batch in sorted({r["batch"] for r in rows}):
+                sub = sorted((r for r in rows if r["batch"] == batch), key=lambda r: r["q_len"] + r["k_len"] + r["v_len"])
+                x = [r["q_len"] + r["k_len"] + r["v_len"] for r in sub]
+                style = "-o" if batch == smallest else "s"
+                label = f"{name} ({rows[0]['precision']})" if batch == smallest else None
+                kw = dict(color=colors[n % len(colors)], label=label, markersize=8 if batch != smallest else 5)
+                lat_ax.plot(x, [r["median_ms"] for r in sub], style, **kw)
+                up_ax.plot(x, [r["speedup_vs_torch_fp32"] for r in sub], style, **kw)
+        batches = sorted({r["batch"] for r in data["results"]})
+        if len(batches) > 1:
+            lat_ax.plot([], [], "s", color="grey", label=f"squares: batch {', '.join(map(str, batches[1:]))}")
+        lat_ax.set(xscale="log", yscale="log", ylabel="median latency (ms)",
+                   title=f"{data['artifact']['name']}: latency, batch {batches[0]} ({data['machine']['threads']} threads)")
+        up_ax.axhline(1.0, color="grey", lw=0.8)
+        up_ax.set(xscale="log", xlabel="tokens per sequence (q_len + k_len + v_len)", ylabel="speed-up over torch eager fp32",
+                  title="speed-up (same run)")
+        for ax in (lat_ax, up_ax):
+            ax.grid(alpha=0.3)
+        # One legend for both panels, under them: inside either it would hide points.
+        handles, labels = lat_ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+        fig.tight_layout(rect=(0, 0.01 + 0.025 * -(-len(labels) // 2), 1, 1))
+    return fig

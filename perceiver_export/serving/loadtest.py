@@ -28,6 +28,7 @@ from .. import __version__
 from ..artifact.manifest import read_manifest
 from ..contract import AxisRange
 from ..errors import ConfigError
+from ..figures import DPI, FIG_WIDTH_IN, STYLE
 from .process import ServerProcess
 from .protocol import WIRE_TYPES
 from .server import ServeOptions, load_runner
@@ -382,39 +383,51 @@ def print_loadtest(data: dict, console) -> None:
 
 
 def write_loadtest(data: dict, out: Path) -> tuple[Path, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from ..artifact.atomic import atomic_path, atomic_write_text
 
     json_path, png_path = out / "loadtest.json", out / "loadtest.png"
     atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
-    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4))
-    clients = run_clients(data)
-    for client in clients:
-        for mode, style in (("batching off", "--"), ("batching on", "-")):
-            for protocol, marker in (("grpc", "o"), ("http", "s")):
-                runs = [r for r in data["runs"] if r["mode"] == mode and r["protocol"] == protocol
-                        and r.get("client", "tritonclient") == client]
-                if not runs:
-                    continue
-                c = [r["concurrency"] for r in runs]
-                label = f"{client + ', ' if len(clients) > 1 else ''}{protocol}, {mode}"
-                ax_rps.plot(c, [r["rps"] for r in runs], style, marker=marker, label=label)
-                ax_p99.plot(c, [r["p99_ms"] for r in runs], style, marker=marker, label=label)
-    for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax_rps.axhline(1e3 / data["direct"]["p50_ms"], color="grey", lw=0.8, label="direct runner, 1 client")
-    ax_rps.legend(fontsize=8)
-    fig.suptitle(f"{data['artifact']['name']} served ({data['backend']}), client {data.get('client', 'tritonclient')}, "
-                 f"{data['machine']['cpu']}", fontsize=9)
-    fig.tight_layout()
+    fig = loadtest_figure(data)
     with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
     return json_path, png_path
+
+
+def loadtest_figure(data: dict):
+    """Requests/s above p99 latency against concurrent clients, batching on and off, per protocol (figures.py sizes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(STYLE):
+        fig, (ax_rps, ax_p99) = plt.subplots(2, 1, figsize=(FIG_WIDTH_IN, 7.2), sharex=True)
+        run_by = run_clients(data)
+        for client in run_by:
+            for mode, style in (("batching off", "--"), ("batching on", "-")):
+                for protocol, marker in (("grpc", "o"), ("http", "s")):
+                    runs = [r for r in data["runs"] if r["mode"] == mode and r["protocol"] == protocol
+                            and r.get("client", "tritonclient") == client]
+                    if not runs:
+                        continue
+                    c = [r["concurrency"] for r in runs]
+                    label = f"{client + ', ' if len(run_by) > 1 else ''}{protocol}, {mode}"
+                    ax_rps.plot(c, [r["rps"] for r in runs], style, marker=marker, label=label)
+                    ax_p99.plot(c, [r["p99_ms"] for r in runs], style, marker=marker, label=label)
+        for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        clients = sorted({r["concurrency"] for r in data["runs"]})
+        ax_p99.set_xticks(clients, [str(c) for c in clients])  # 1, 4, 16, 64 rather than 2^0 ... 2^6
+        ax_p99.minorticks_off()
+        ax_p99.set_xlabel("concurrent clients")
+        ax_rps.axhline(1e3 / data["direct"]["p50_ms"], color="grey", lw=0.8, label="direct runner, 1 client")
+        ax_rps.legend()
+        fig.suptitle(f"{data['artifact']['name']} served ({data['backend']}), client {data.get('client', 'tritonclient')}, "
+                     f"{data['machine']['cpu']}")
+        fig.tight_layout()
+    return fig
