@@ -1,8 +1,13 @@
 """perceiver-export: take a PyTorch PerceiverLayer to ONNX (and TensorRT) with proof that every backend agrees."""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (  # noqa: E402 — errors import nothing heavy, so they are loaded eagerly
     ArtifactError,
     BackendUnavailableError,
     ConfigError,
@@ -10,9 +15,31 @@ from .errors import (  # noqa: E402
     ParityError,
     PerceiverExportError,
 )
-from .model import PerceiverLayer  # noqa: E402
+
+# Public names whose modules pull in torch or ONNX, imported on first use (PEP 562) so that
+# `import perceiver_export` and `python -m perceiver_export --help` stay fast. Name -> module it lives in.
+_LAZY = {
+    "PerceiverLayer": ".model",
+}
+
+if TYPE_CHECKING:  # what type checkers, IDEs and the API docs see
+    from .model import PerceiverLayer
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ArtifactError", "BackendUnavailableError", "ConfigError", "InputError", "ParityError",
-    "PerceiverExportError", "PerceiverLayer", "__version__",
+    "PerceiverExportError", "__version__", *_LAZY,
 ]
