@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402 — errors import nothing heavy, so they are loaded eagerly
+from .errors import (  # nothing heavy: loaded at once
     ArtifactError,
     BackendUnavailableError,
     ConfigError,
@@ -17,7 +17,8 @@ from .errors import (  # noqa: E402 — errors import nothing heavy, so they are
 )
 
 # Public names whose modules pull in torch or ONNX, imported on first use (PEP 562) so that
-# `import perceiver_export` and `python -m perceiver_export --help` stay fast. Name -> module it lives in.
+# `import perceiver_export` and `python -m perceiver_export --help` stay fast. Name -> module it lives in; a new one
+# goes here, under TYPE_CHECKING and in __all__ (tests/test_cli_startup.py checks the three agree).
 _LAZY = {
     "PerceiverLayer": ".model",
 }
@@ -41,5 +42,5 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArtifactError", "BackendUnavailableError", "ConfigError", "InputError", "ParityError",
-    "PerceiverExportError", "__version__", *_LAZY,
+    "PerceiverExportError", "PerceiverLayer", "__version__",
 ]

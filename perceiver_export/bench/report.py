@@ -11,7 +11,6 @@ from rich.table import Table
 
 from ..artifact.atomic import atomic_path, atomic_write_text
 
-
 # Column -> its cell from one result row. The full table holds every one; under the terminal's width, the compact one
 # (the latencies and rates a comparison starts from) fits 80 columns.
 CELLS = {

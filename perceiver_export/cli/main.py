@@ -318,6 +318,7 @@ def cmd_verify(args, console: Console) -> int:
 
 def cmd_trt(args, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from ..artifact.manifest import read_manifest
     from ..engines.build import BuildOptions, build_engine
     from ..engines.flavor import import_flavor, parse_compute_capability
