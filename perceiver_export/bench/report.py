@@ -1,15 +1,53 @@
-"""bench's outputs: a trtexec-style table, bench.json (atomic) and bench.png."""
+"""bench's outputs: a trtexec-style table per grid point (compact in a narrow terminal), bench.json (atomic) and bench.png."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from ..artifact.atomic import atomic_path, atomic_write_text
 from ..figures import DPI, FIG_WIDTH_IN, STYLE
+
+# Column -> its cell from one result row. The full table holds every one; under the terminal's width, the compact one
+# (the latencies and rates a comparison starts from) fits 80 columns.
+CELLS = {
+    "backend": lambda r: r["backend"],
+    "prec": lambda r: r["precision"],
+    "runs": lambda r: str(r["iterations"]),
+    "min ms": lambda r: f"{r['min_ms']:.2f}",
+    "median ms": lambda r: f"{r['median_ms']:.2f}",
+    "p90 ms": lambda r: f"{r['p90_ms']:.2f}",
+    "p99 ms": lambda r: f"{r['p99_ms']:.2f}",
+    "seq/s": lambda r: f"{r['sequences_per_s']:.1f}",
+    "tokens/s": lambda r: f"{r['tokens_per_s']:.0f}",
+    "GFLOP/s": lambda r: f"{r['gflops_per_s']:.1f}",
+    "% peak": lambda r: f"{100 * r['fraction_of_gemm_peak']:.0f}%",
+    "× torch": lambda r: f"{r['speedup_vs_torch_fp32']:.2f}",
+    "err/std": lambda r: f"{r['max_abs_error_over_std']:.1e}",
+    "RSS +MB": lambda r: f"{r['peak_rss_growth_mb']:.0f}",
+}
+FULL_COLUMNS = tuple(CELLS)
+COMPACT_COLUMNS = ("backend", "prec", "median ms", "p99 ms", "seq/s", "GFLOP/s", "× torch")
+
+
+def _point_table(title: str, rows: list[dict], columns: tuple[str, ...]) -> Table:
+    compact = columns != FULL_COLUMNS
+    table = Table(title=title, title_justify="left", **({"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "collapse_padding": True} if compact else {}))
+    for col in columns:
+        text = col in ("backend", "prec")
+        table.add_column(col, justify="left" if text else "right", no_wrap=not text, overflow="fold")
+    for r in rows:
+        table.add_row(*(CELLS[col](r) for col in columns))
+    return table
+
+
+def _natural_width(table: Table, console: Console) -> int:
+    """Columns the table takes when nothing is narrowed (rich's measure is capped at the console's width)."""
+    return console.measure(table, options=console.options.update_width(10_000)).maximum
 
 
 def print_bench(data: dict, console: Console) -> None:
@@ -20,16 +58,13 @@ def print_bench(data: dict, console: Console) -> None:
                   f"excluded, then ≥{data['settings']['min_iters']} runs or {data['settings']['seconds_per_point']} s per point")
     for point in data["grid"]:
         rows = [r for r in data["results"] if [r["batch"], r["q_len"], r["k_len"], r["v_len"]] == point]
-        table = Table(title=f"batch {point[0]}, q_len {point[1]}, k_len {point[2]}, v_len {point[3]} "
-                            f"({rows[0]['flops'] / 1e9:.2f} GFLOP)" if rows else str(point), title_justify="left")
-        for col in ("backend", "prec", "runs", "min ms", "median ms", "p90 ms", "p99 ms", "seq/s", "tokens/s",
-                    "GFLOP/s", "% peak", "× torch", "err/std", "RSS +MB"):
-            table.add_column(col, justify="left" if col in ("backend", "prec") else "right")
-        for r in rows:
-            table.add_row(r["backend"], r["precision"], str(r["iterations"]), f"{r['min_ms']:.2f}", f"{r['median_ms']:.2f}",
-                          f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['sequences_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-                          f"{r['gflops_per_s']:.1f}", f"{100 * r['fraction_of_gemm_peak']:.0f}%", f"{r['speedup_vs_torch_fp32']:.2f}",
-                          f"{r['max_abs_error_over_std']:.1e}", f"{r['peak_rss_growth_mb']:.0f}")
+        title = (f"batch {point[0]}, q_len {point[1]}, k_len {point[2]}, v_len {point[3]} ({rows[0]['flops'] / 1e9:.2f} GFLOP)"
+                 if rows else str(point))
+        table = _point_table(title, rows, FULL_COLUMNS)
+        if _natural_width(table, console) > console.width:
+            table = _point_table(title, rows, COMPACT_COLUMNS)
+            table.caption = f"{', '.join(c for c in FULL_COLUMNS if c not in COMPACT_COLUMNS)}: --wide, or bench.json"
+            table.caption_justify = "left"
         console.print(table)
     if data["startup_s"]:
         console.print("start-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in data["startup_s"].items()))

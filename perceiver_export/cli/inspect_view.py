@@ -42,7 +42,7 @@ def print_inspect(manifest: Manifest, console: Console, layers: bool = True) -> 
     console.print(f"model: {manifest.model_class}({', '.join(f'{k}={v!r}' for k, v in manifest.model_config.items())})")
     io = Table(title="inputs and outputs", title_justify="left")
     for col in ("name", "kind", "dtype", "dims", "min", "opt", "max"):
-        io.add_column(col)
+        io.add_column(col, overflow="fold")  # wraps in a narrow terminal, never cut to "…"
     for kind, specs in (("input", contract.inputs), ("output", contract.outputs)):
         for t in specs:
             io.add_row(t.name, kind + (" (optional)" if t.optional else ""), t.dtype, ", ".join(map(str, t.dims)),

@@ -8,18 +8,22 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+# Only what the parser needs is imported here: --help, --version and usage errors answer without rich, torch or ONNX
+# (tests/test_cli_startup.py); each command imports what it uses.
 from .. import __version__
 from ..contract import AXES, AxisRange
 from ..errors import ConfigError, ParityError, PerceiverExportError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_PARITY, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 ARTIFACTS = Path("artifacts")
 ARTIFACT_DIR_HELP = "artifact directory (a file inside one, e.g. DIR/model.onnx, names its artifact)"
 JSON_HELP = "print one JSON document on stdout (progress and notes go to stderr); schema: `python -m perceiver_export docs cli`"
+WIDE_COLUMNS = 1000  # --wide: no table is narrowed to the terminal
 SERVE_BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]  # runners serve, loadtest and kserve take
 
 
@@ -63,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--no-time-graphs", action="store_true",
                       help="do not time the verified ONNX Runtime graphs at the opt shape: the default graph is then plain")
     _tolerance_options(onnx)
+    _wide_option(onnx, "the parity table")
 
     verify = sub.add_parser("verify", help="check an artifact's files and its parity with eager PyTorch; exit 1 when a file's "
                                            "sha256 or a parity case does not match")
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write every case's inputs and eager outputs in Polygraphy's JSON formats to DIR and print "
                              "the Polygraphy commands that re-check them (failing cases are written to DIR.polygraphy/ anyway)")
     _tolerance_options(verify)
+    _wide_option(verify, "the parity table")
 
     trt = sub.add_parser("trt", help="build a TensorRT engine from DIR/model.onnx with profiles from the manifest")
     trt.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--choose-default", action="store_true",
                        help="only re-time the verified ONNX Runtime graphs at the opt shape on this machine and record the "
                             "fastest as the manifest's default graph (the one runners start from)")
+    _wide_option(bench, "the tables")
 
     inspect = sub.add_parser("inspect", help="print an artifact's I/O contract, ONNX ops and engines")
     inspect.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
@@ -211,6 +218,11 @@ def _doctor_parser(sub) -> None:
     doctor.add_argument("--keep", type=Path, metavar="DIR", help="keep the tiny artifact and Polygraphy's files in DIR (default: a temporary folder)")
 
 
+def _wide_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help=f"print {what} with every column whatever the terminal's width (narrower than that: a compact layout)")
+
+
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype and backend: "
                    "`python -m perceiver_export docs parity`)")
@@ -222,6 +234,8 @@ class _CaseProgress:
     """A transient progress bar over parity cases; failures are printed as they happen."""
 
     def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
         self.console = console
         self.bar = Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                             console=console, transient=True)
@@ -337,6 +351,8 @@ def cmd_verify(args, console: Console) -> int:
 
 
 def cmd_trt(args, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from ..artifact.manifest import read_manifest
     from ..engines.build import BuildOptions, build_engine, target_compute_capabilities
     from ..engines.flavor import import_flavor, parse_compute_capability
@@ -573,14 +589,24 @@ def _artifact_dir(path: Path, errors: Console) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rich.console import Console
+
     # As `python -m` does: `--model mypackage.layer:Class` and artifacts of it resolve from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    # Wide enough for the parity table when piped to a file or CI log.
-    width = None if sys.stdout.isatty() else 160
+    # A terminal's width, or COLUMNS; piped to a file or CI log, wide enough for the full tables. --wide: tables at their
+    # full width whatever the terminal's (it wraps the lines); narrower, they print a compact layout.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    if getattr(args, "wide", False):
+        width = WIDE_COLUMNS
     console = Console(highlight=False, width=width)
     errors = Console(stderr=True, highlight=False, width=width)
     try:
+        if isinstance(getattr(args, "dir", None), Path) and not args.dir.exists():
+            # Refused before the command imports torch or ONNX (seconds): the same error reading it would give.
+            from ..artifact.manifest import read_manifest
+
+            read_manifest(args.dir)
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
                     "triton": cmd_triton, "serve": cmd_serve, "loadtest": cmd_loadtest, "kserve": cmd_kserve,
                     "doctor": cmd_doctor, "docs": cmd_docs}
