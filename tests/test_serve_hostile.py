@@ -586,7 +586,6 @@ def malformed_requests(feeds: dict) -> list[tuple[str, str, str, bytes, dict]]:
     infer = f"/v2/models/{MODEL}/infer"
     js = {"Content-Type": "application/json"}
     good = json_body(feeds)
-    good_obj = json.loads(good)
     cases = []
     for cut in np.linspace(1, len(good) - 1, 30).astype(int):
         cases.append((f"truncated at {cut}", "POST", infer, good[:cut], js))

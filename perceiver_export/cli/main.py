@@ -574,6 +574,8 @@ def cmd_doctor(args, console: Console) -> int:
 
 def _stderr_console() -> Console:
     """Where --json sends progress and notes; as wide as main's error console when not a terminal."""
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
