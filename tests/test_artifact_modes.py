@@ -164,7 +164,7 @@ def test_nobody_serves_an_artifact_exported_by_root(as_nobody, public_copy, tmp_
         port = None
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            m = re.search(r"on http://127\.0\.0\.1:(\d+) and grpc", log.read_text(errors="replace"))
+            m = re.search(r"on\s+http://127\.0\.0\.1:(\d+)\s+and\s+grpc", log.read_text(errors="replace"))
             if m:
                 port = m.group(1)
                 break

@@ -489,7 +489,8 @@ def cmd_serve(args, console: Console) -> int:
     def on_listening(info: dict) -> None:
         batching = "off" if info["max_batch_size"] == 1 else f"up to {info['max_batch_size']} rows"
         console.print(f"serving {info['model']} ({info['backend']}, batching {batching}) on "
-                      f"http://{info['host']}:{info['http_port']} and grpc {info['host']}:{info['grpc_port']}")
+                      f"http://{info['host']}:{info['http_port']} and grpc {info['host']}:{info['grpc_port']}",
+                      soft_wrap=True)  # one line whatever the width: scripts and ServerProcess read it
         console.file.flush()
 
     code = run(args.dir, options, on_listening)

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) and grpc 127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"on\s+http://127\.0\.0\.1:(\d+)\s+and\s+grpc\s+127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
