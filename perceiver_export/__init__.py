@@ -10,10 +10,11 @@ from .errors import (  # noqa: E402
     ParityError,
     PerceiverExportError,
 )
-from .model import PerceiverLayer  # noqa: E402
-
-# The entry points, imported on first use (PEP 562) so `import perceiver_export` stays light. Name -> its module.
+# The entry points, imported on first use (PEP 562) so `import perceiver_export` stays light, and so the runners
+# that need no torch (onnxruntime, openvino: Triton's Python-backend stub environment has no torch) import without it.
+# Name -> its module.
 _LAZY = {
+    "PerceiverLayer": ".model",
     "export_artifact": ".export.artifact_builder",
     "verify_artifact": ".verify.parity",
     "build_engine": ".engines.build",
