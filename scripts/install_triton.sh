@@ -11,15 +11,16 @@
 #                              site-packages folder on sys.path, where setuptools' editable finder (a .pth hook) is
 #                              never run. A changed checkout is re-installed because the stamp below names its hash.
 #  - .deps/triton/bin/tritonserver  the command line: sets LD_LIBRARY_PATH to the stub Python's shared libpython
-#                              (the stub links libpython3.X.so.1.0) and the wheel's nvidia_pytriton.libs, passes
+#                              (the stub links libpython3.X.so.1.0) and the wheel's nvidia_pytriton.libs, puts
+#                              stub-venv/bin first on PATH (the stub's interpreter then runs in that venv), passes
 #                              --backend-directory, then runs the bundled binary with the caller's arguments.
 #  - .deps/triton/env          shell lines naming the stub's site-packages (TRITON_STUB_SITE_PACKAGES) and Python.
 # The wheel has no ONNX Runtime or TensorRT backend: repositories for those platforms parse but do not load here.
 # Idempotent: a second run finds the same stamp and `tritonserver --help` working, and stops.
 #   VENV           the project's virtual environment, whose pip and base Python are used (default .venv)
 #   TRITON_SPEC    the requirement (default nvidia-pytriton==0.7.0: Triton 2.51.0, the release tested here)
-#   STUB_PYTHON    the interpreter the stub environment is made from (default: the venv's own base Python when it is a
-#                  shared build, else /usr/bin/python3.11 with Debian's libpython3.11)
+#   STUB_PYTHON    the interpreter the stub embeds and its environment is made from: a shared build without numpy >= 2
+#                  on its own sys.path (default /usr/bin/python3.11 with Debian's libpython3.11, apt-installed if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -35,14 +36,14 @@ STUB_REQS=("numpy<2" "onnxruntime>=1.18" "onnx>=1.17" "ml_dtypes>=0.4" "safetens
 
 # The stamp: the wheel's requirement, the stub's requirements and the checkout's package sources.
 stamp() {
-  { echo "$TRITON_SPEC"; printf '%s\n' "${STUB_REQS[@]}"
+  { echo "$TRITON_SPEC ${STUB_PYTHON:-default}"; printf '%s\n' "${STUB_REQS[@]}"
     find perceiver_export pyproject.toml setup.py -type f \( -name '*.py' -o -name '*.toml' -o -name '*.json' \
       -o -name '*.pbtxt' \) -print0 2>/dev/null | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1
 }
 # `tritonserver --help` prints its usage and exits 1; a binary the loader cannot run prints no usage.
 works() { local out; out=$("$WRAPPER" --help 2>&1 || true); grep -q -- "--model-repository" <<<"$out"; }
 
-if [ -x "$WRAPPER" ] && [ -f "$PREFIX/.stamp" ] && [ "$(cat "$PREFIX/.stamp")" = "$(stamp)" ] && works; then
+if [ -x "$WRAPPER" ] && [ -x "$STUB_VENV/bin/python" ] && [ -f "$PREFIX/.stamp" ] && [ "$(cat "$PREFIX/.stamp")" = "$(stamp)" ] && works; then
   echo "tritonserver already runs: $WRAPPER"
   exit 0
 fi
@@ -60,18 +61,14 @@ LIBS="$PREFIX/wheel/nvidia_pytriton.libs"
 shared_libdir() {
   "$1" -c "import sysconfig; s = sysconfig.get_config_var; print(s('LIBDIR') if s('Py_ENABLE_SHARED') else '')" 2>/dev/null
 }
+# Debian's python3.11 by default: a system Python that apt installs on a clean machine, shared, with no numpy of its own.
 if [ -z "${STUB_PYTHON:-}" ]; then
-  BASE=$("$PY" -c "import sys, os; print(os.path.join(sys.base_prefix, 'bin', 'python%d.%d' % sys.version_info[:2]))")
-  if [ -x "$BASE" ] && [ -n "$(shared_libdir "$BASE")" ]; then
-    STUB_PYTHON=$BASE
-  else
-    if [ ! -x /usr/bin/python3.11 ] || [ ! -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] \
-        || ! /usr/bin/python3.11 -c "import venv, ensurepip" 2>/dev/null; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv libpython3.11 >/dev/null
-    fi
-    STUB_PYTHON=/usr/bin/python3.11
+  if [ ! -x /usr/bin/python3.11 ] || [ ! -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] \
+      || ! /usr/bin/python3.11 -c "import venv, ensurepip" 2>/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv libpython3.11 >/dev/null
   fi
+  STUB_PYTHON=/usr/bin/python3.11
 fi
 PYVER=$("$STUB_PYTHON" -c "import sys; print('%d.%d' % sys.version_info[:2])")
 PYLIBDIR=$(shared_libdir "$STUB_PYTHON")
@@ -107,7 +104,11 @@ cat > "$WRAPPER" <<EOF
 #!/bin/sh
 # Triton $(basename "$TS") from $TRITON_SPEC; the Python backend's stub embeds $STUB_PYTHON ($PYVER, $PYLIBDIR).
 LD_LIBRARY_PATH="$PYLIBDIR:$LIBS\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-export LD_LIBRARY_PATH
+# The stub embeds Python without naming an executable, so Python looks its name (python3) up on PATH: the stub
+# environment's bin first makes it find stub-venv/pyvenv.cfg, and that environment's site-packages (numpy < 2) are
+# on the stub's sys.path from the start (triton_python_backend_utils imports numpy before model.py runs).
+PATH="$STUB_VENV/bin:\$PATH"
+export LD_LIBRARY_PATH PATH
 exec "$TS/bin/tritonserver" --backend-directory="$PREFIX/backends" "\$@"
 EOF
 chmod +x "$WRAPPER"
