@@ -7,9 +7,9 @@
 #  - .deps/triton/stub-venv    the stub's own environment: numpy < 2 (with numpy 2 the stub hands execute() corrupted
 #                              tensors: an FP32 [1, 2, 3.5] arrives as [1, 1, 1]), this package and what the
 #                              onnxruntime runner imports; no torch. The package is installed from the checkout
-#                              NON-editable: the stub's interpreter runs isolated and model.py only puts the
-#                              site-packages folder on sys.path, where setuptools' editable finder (a .pth hook) is
-#                              never run. A changed checkout is re-installed because the stamp below names its hash.
+#                              EDITABLE: the stub's interpreter runs in this venv (see the wrapper), so its site.py
+#                              runs the editable install's .pth and the stub serves the checkout's current code; a
+#                              copy would go stale with every change until this script ran again.
 #  - .deps/triton/bin/tritonserver  the command line: sets LD_LIBRARY_PATH to the stub Python's shared libpython
 #                              (the stub links libpython3.X.so.1.0) and the wheel's nvidia_pytriton.libs, puts
 #                              stub-venv/bin first on PATH (the stub's interpreter then runs in that venv), passes
@@ -34,11 +34,10 @@ STUB_VENV="$PREFIX/stub-venv"
 # itself goes in without its declared dependencies, which include torch).
 STUB_REQS=("numpy<2" "onnxruntime>=1.18" "onnx>=1.17" "ml_dtypes>=0.4" "safetensors>=0.4" "jsonschema>=4.18")
 
-# The stamp: the wheel's requirement, the stub's requirements and the checkout's package sources.
+# The stamp: the wheel's requirement, the stub's Python and requirements, the checkout, and its declared metadata.
 stamp() {
-  { echo "$TRITON_SPEC ${STUB_PYTHON:-default}"; printf '%s\n' "${STUB_REQS[@]}"
-    find perceiver_export pyproject.toml setup.py -type f \( -name '*.py' -o -name '*.toml' -o -name '*.json' \
-      -o -name '*.pbtxt' \) -print0 2>/dev/null | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1
+  { echo "$TRITON_SPEC ${STUB_PYTHON:-default} $ROOT"; printf '%s\n' "${STUB_REQS[@]}"; cat pyproject.toml; } \
+    | sha256sum | cut -d' ' -f1
 }
 # `tritonserver --help` prints its usage and exits 1; a binary the loader cannot run prints no usage.
 works() { local out; out=$("$WRAPPER" --help 2>&1 || true); grep -q -- "--model-repository" <<<"$out"; }
@@ -90,12 +89,13 @@ if [ ! -x "$STUB_VENV/bin/python" ] || [ "$("$STUB_VENV/bin/python" -c "import s
 fi
 "$STUB_VENV/bin/python" -m pip install --quiet --upgrade pip
 "$STUB_VENV/bin/python" -m pip install --quiet "${STUB_REQS[@]}"
-"$STUB_VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$ROOT"
+"$STUB_VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall -e "$ROOT"
 SITE=$("$STUB_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-# The runner must import from there with numpy < 2, as the stub will.
+# The runner must import from there with numpy < 2, as the stub will, and from this checkout.
 (cd / && "$STUB_VENV/bin/python" - <<'PY')
 import numpy, perceiver_export.runtime as rt
 assert int(numpy.__version__.split(".")[0]) < 2, numpy.__version__
+assert "torch" not in __import__("sys").modules
 rt.runner_class("onnxruntime")
 print(f"stub environment: numpy {numpy.__version__}, perceiver_export from {rt.__file__}")
 PY
