@@ -227,6 +227,8 @@ def test_the_onnxruntime_repository_says_why_mask_stays_required(tiny_fp32, tmp_
     (["--backend", "python", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["--backend", "python", "--max-queue-size", "-1"], "--max-queue-size must be >= 0, got -1"),
     (["--backend", "python", "--graph", "int8"], "has no 'int8' graph"),
+    (["--backend", "python", "--runner", "tensorrt", "--threads", "2"], "--threads: the tensorrt runner takes no thread count"),
+    (["--backend", "python", "--device", "cuda"], "--device is an option of the torch and tensorrt runners, not of onnxruntime"),
 ])
 def test_bad_options_exit_3_with_the_message_and_write_nothing(tiny_fp32, tmp_path, capsys, argv, message):
     code = main(["triton", str(tiny_fp32.directory), "--repo", str(tmp_path / "repo"), *argv])

@@ -381,6 +381,10 @@ def check_options(options: TritonOptions) -> None:
             raise ConfigError(f"{flag} is an option of the Python-backend model: add --backend python")
     if python and options.graph is not None and options.runner != "onnxruntime":
         raise ConfigError(f"--graph chooses an ONNX Runtime graph, not one of the {options.runner} runner")
+    if python and options.threads is not None and options.runner == "tensorrt":
+        raise ConfigError("--threads: the tensorrt runner takes no thread count")
+    if python and options.device is not None and options.runner not in ("torch", "tensorrt"):
+        raise ConfigError(f"--device is an option of the torch and tensorrt runners, not of {options.runner}")
     if python and options.engine_files:
         raise ConfigError("--engine chooses the TensorRT plans of the onnxruntime repository; the Python model's "
                           "tensorrt runner picks the engine that runs here")
@@ -414,6 +418,9 @@ def write_triton_repo(directory: str | Path, repo: str | Path, options: TritonOp
         models = [python_model(manifest, name, options, batching)]
         if not options.dynamic_batching or batching.max_batch_size == 0:
             notes.append("no dynamic batching: model.py gets one request at a time")
+        if manifest.dtype == "bfloat16":
+            notes.append("bfloat16: numpy has no bfloat16, so Triton's Python backend cannot hand model.py these tensors; "
+                         "serve a float32 or float16 artifact with it")
         return publish_models(Path(repo), models, notes)
     if any(t.optional for t in manifest.contract.inputs):
         notes.append(REQUIRED_MASK_NOTE)
