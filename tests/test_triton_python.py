@@ -1,8 +1,8 @@
 """`triton --backend python`: the repository it writes, and its model.py driven in-process.
 
 Triton's `triton_python_backend_utils` lives in Triton's C++ stub and cannot be imported outside it, so these tests
-put a small stand-in for it into sys.modules (requests, tensors, responses and errors: what model.py touches); the
-runner, the contract and the padding behind it are the real ones. tests/test_triton_server.py runs the same
+put a small stand-in for it (tests/triton_stub/) into sys.modules: requests, tensors, responses and errors, what
+model.py touches; the runner, the contract and the padding behind it are the real ones. tests/test_triton_server.py runs the same
 repository on a real Triton.
 """
 
@@ -29,41 +29,18 @@ from tests.test_triton import add_datacenter_engine
 TOL = TOLERANCES["float32"]
 
 
-# ---- a stand-in for Triton's stub module ------------------------------------------------------
-class Tensor:
-    def __init__(self, name, array):
-        self._name, self._array = name, np.asarray(array)
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._array
-
-
-class TritonError:
-    def __init__(self, message):
-        self._message = message
-
-    def message(self):
-        return self._message
-
-
-class InferenceResponse:
-    def __init__(self, output_tensors=(), error=None):
-        self.output_tensors, self.error = list(output_tensors), error
-
-
-class Request:
-    def __init__(self, **inputs):
-        self.inputs = {name: Tensor(name, value) for name, value in inputs.items()}
+STUB_DIR = Path(__file__).with_name("triton_stub")
 
 
 def fake_pb_utils() -> types.ModuleType:
-    module = types.ModuleType("triton_python_backend_utils")
-    module.Tensor, module.TritonError, module.InferenceResponse = Tensor, TritonError, InferenceResponse
-    module.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
+    spec = importlib.util.spec_from_file_location("triton_python_backend_utils", STUB_DIR / "triton_python_backend_utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
+
+
+pb = fake_pb_utils()
+Request = pb.Request
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -73,7 +50,7 @@ def parsed(path: Path) -> model_config_pb2.ModelConfig:
 
 def load_written_model(model_dir: Path, monkeypatch):
     """model.py as Triton loads it: the copied file, `initialize` given the config in Triton's JSON form."""
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setattr(sys, "path", list(sys.path))  # model.py appends site-packages to it
     spec = importlib.util.spec_from_file_location("written_model", model_dir / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
@@ -250,21 +227,65 @@ def test_options_reach_the_runner_options_of_the_parameters(tiny_fp32, tmp_path)
 
 
 # ---- model.py in-process ----------------------------------------------------------------------
-def test_site_packages_are_appended_to_sys_path(python_repo, tmp_path, monkeypatch):
+def test_site_packages_are_added_after_the_stubs_paths_with_their_pth_files(python_repo, tmp_path, monkeypatch):
     _, model_dir = python_repo
-    site_dir = tmp_path / "site"
+    site_dir, elsewhere = tmp_path / "site", tmp_path / "editable"
     (site_dir / "only_in_that_env").mkdir(parents=True)
     (site_dir / "only_in_that_env" / "__init__.py").write_text("WHERE = 'site'\n")
+    (elsewhere / "named_by_a_pth").mkdir(parents=True)
+    (elsewhere / "named_by_a_pth" / "__init__.py").write_text("WHERE = 'pth'\n")
+    (site_dir / "__editable__.x.pth").write_text(f"{elsewhere}\n")  # how pip points at an editable install
     config = json_format.MessageToDict(parsed(model_dir / "config.pbtxt"), preserving_proto_field_name=True)
     config["parameters"]["site_packages"]["string_value"] += f":{site_dir}"
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "only_in_that_env", raising=False)
-    first = sys.path[0]
+    for name in ("only_in_that_env", "named_by_a_pth"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = list(sys.path)
     model = triton_python_model.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir)})
-    assert sys.path[-1] == str(site_dir) and sys.path[0] == first  # after the stub's own paths
+    assert sys.path[:len(before)] == before  # the stub's own paths stay first
+    assert sys.path[-2:] == [str(site_dir), str(elsewhere)]
     assert importlib.import_module("only_in_that_env").WHERE == "site"
+    assert importlib.import_module("named_by_a_pth").WHERE == "pth"
+
+
+def test_an_isolated_interpreter_finds_this_package_through_the_default_parameters(python_repo, tiny_fp32, tmp_path):
+    """As Triton's stub runs model.py: `python -I` (PYTHONPATH ignored, no venv), only the config's parameters."""
+    import perceiver_export
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    if Path(base).resolve() == Path(sys.executable).resolve() and sys.prefix == sys.base_prefix:
+        pytest.skip("not in a virtual environment: the base interpreter would find the packages by itself")
+    _, model_dir = python_repo
+    config = json_format.MessageToDict(parsed(model_dir / "config.pbtxt"), preserving_proto_field_name=True)
+    driver = tmp_path / "stub.py"
+    driver.write_text(f"""
+import importlib.util, json, sys
+sys.path.insert(0, {str(STUB_DIR)!r})  # Triton's stub provides triton_python_backend_utils
+import triton_python_backend_utils as pb
+spec = importlib.util.spec_from_file_location("model", {str(model_dir / "1" / "model.py")!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+model = module.TritonPythonModel()
+model.initialize({{"model_config": {json.dumps(json.dumps(config))}, "model_repository": {str(model_dir)!r}}})
+import numpy as np
+import perceiver_export
+rng = np.random.default_rng(1)
+feeds = [{{"q": rng.standard_normal((1, 4, 32), dtype=np.float32), "k": rng.standard_normal((1, k, 32), dtype=np.float32),
+          "v": rng.standard_normal((1, 25 - k, 32), dtype=np.float32)}} for k in (2, 20)]
+responses = model.execute([pb.Request(**f) for f in feeds])
+diff = max(float(np.abs(r.output_tensors[0].as_numpy() - model.runner.infer(f)).max()) for r, f in zip(responses, feeds))
+print(json.dumps({{"package": perceiver_export.__file__, "diff": diff}}))
+""")
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/nonexistent", "HOME": str(tmp_path)}
+    done = subprocess.run([base, "-I", str(driver)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(report["package"]).resolve() == Path(perceiver_export.__file__).resolve()
+    assert report["diff"] <= TOL.atol
 
 
 def test_batched_requests_of_k_v_lengths_1_to_24_equal_each_run_alone(python_repo, solo_runner, monkeypatch):

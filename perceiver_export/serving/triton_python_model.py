@@ -15,6 +15,7 @@ mask) included: k and v of different lengths arrive unconcatenated, and this mod
 import importlib
 import json
 import os
+import site
 import sys
 from pathlib import Path
 
@@ -25,12 +26,13 @@ def parameters(model_config: dict) -> dict:
 
 
 def add_site_packages(paths: str) -> list:
-    """Append the environment's site-packages to sys.path (after the stub's own, so the numpy the stub already
-    imported, and anything else its environment has, stays the one in use); returns what was added."""
+    """Add the environment's site-packages to sys.path as site directories (their .pth files read, so an editable
+    install is found too), after the stub's own paths: the numpy the stub already imported, and anything else its
+    environment has, stays the one in use. Returns the paths added."""
     added = []
     for path in filter(None, paths.split(os.pathsep)):
         if path not in sys.path:
-            sys.path.append(path)
+            site.addsitedir(path)
             added.append(path)
     return added
 

@@ -261,10 +261,11 @@ def tensorrt_model(manifest: Manifest, name: str, engines: dict[str, dict], opti
 
 # ---- the Python-backend model -----------------------------------------------------------------
 def default_site_packages() -> list[str]:
-    """Where this interpreter finds its packages and this package: what the stub's isolated interpreter lacks."""
+    """Where this interpreter finds this package and its dependencies: what the stub's isolated interpreter lacks.
+    This package's own location comes first, so that it, not another install a .pth file names, is imported."""
     import perceiver_export
 
-    paths = [*site.getsitepackages(), str(Path(perceiver_export.__file__).resolve().parent.parent)]
+    paths = [str(Path(perceiver_export.__file__).resolve().parent.parent), *site.getsitepackages()]
     return list(dict.fromkeys(p for p in paths if Path(p).is_dir()))
 
 
