@@ -116,7 +116,7 @@ class TritonPythonModel:
             for i, _, _ in chunk:
                 responses[i] = self.error(message)
             return
-        for (i, _, sizes), part in zip(chunk, self.split_batch(out, [s["batch"] for _, _, s in chunk])):
+        for (i, _, _), part in zip(chunk, self.split_batch(out, [s["batch"] for _, _, s in chunk])):
             responses[i] = self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(self.output_name, part)])
 
     def error(self, message: str):

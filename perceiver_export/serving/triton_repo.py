@@ -456,7 +456,11 @@ def publish_models(repo: Path, models: list[TritonModel], notes: list[str]) -> T
     return TritonResult(repo, models, notes, validated)
 
 
-def server_command(repo: Path) -> str:
-    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan)."""
+def server_command(repo: Path, backend: str = "onnxruntime") -> str:
+    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan). The Python model
+    needs this package inside it, and its config's artifact and site_packages paths valid there (docs/serving.md)."""
+    if backend == "python":
+        return (f"tritonserver --model-repository={Path(repo).resolve()}   # on this machine; for NVIDIA's container "
+                "see `python -m perceiver_export docs serving`, \"The Python-backend model\"")
     return (f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {Path(repo).resolve()}:/models "
             "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
