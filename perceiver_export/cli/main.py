@@ -477,7 +477,7 @@ def cmd_triton(args, console: Console) -> int:
         console.print(f"note: {note}")
     if result.validated:
         console.print("configs validated with Triton's model_config.proto (tritonclient)")
-    console.print(f"start the server:\n  {server_command(result.repo)}", soft_wrap=True)
+    console.print(f"start the server:\n  {server_command(result.repo, args.backend)}", soft_wrap=True)
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ mask) included: k and v of different lengths arrive unconcatenated, and this mod
 import importlib
 import json
 import os
+import site
 import sys
 from pathlib import Path
 
@@ -25,12 +26,13 @@ def parameters(model_config: dict) -> dict:
 
 
 def add_site_packages(paths: str) -> list:
-    """Append the environment's site-packages to sys.path (after the stub's own, so the numpy the stub already
-    imported, and anything else its environment has, stays the one in use); returns what was added."""
+    """Add the environment's site-packages to sys.path as site directories (their .pth files read, so an editable
+    install is found too), after the stub's own paths: the numpy the stub already imported, and anything else its
+    environment has, stays the one in use. Returns the paths added."""
     added = []
     for path in filter(None, paths.split(os.pathsep)):
         if path not in sys.path:
-            sys.path.append(path)
+            site.addsitedir(path)
             added.append(path)
     return added
 
@@ -114,7 +116,7 @@ class TritonPythonModel:
             for i, _, _ in chunk:
                 responses[i] = self.error(message)
             return
-        for (i, _, sizes), part in zip(chunk, self.split_batch(out, [s["batch"] for _, _, s in chunk])):
+        for (i, _, _), part in zip(chunk, self.split_batch(out, [s["batch"] for _, _, s in chunk])):
             responses[i] = self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(self.output_name, part)])
 
     def error(self, message: str):

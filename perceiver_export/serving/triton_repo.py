@@ -261,10 +261,11 @@ def tensorrt_model(manifest: Manifest, name: str, engines: dict[str, dict], opti
 
 # ---- the Python-backend model -----------------------------------------------------------------
 def default_site_packages() -> list[str]:
-    """Where this interpreter finds its packages and this package: what the stub's isolated interpreter lacks."""
+    """Where this interpreter finds this package and its dependencies: what the stub's isolated interpreter lacks.
+    This package's own location comes first, so that it, not another install a .pth file names, is imported."""
     import perceiver_export
 
-    paths = [*site.getsitepackages(), str(Path(perceiver_export.__file__).resolve().parent.parent)]
+    paths = [str(Path(perceiver_export.__file__).resolve().parent.parent), *site.getsitepackages()]
     return list(dict.fromkeys(p for p in paths if Path(p).is_dir()))
 
 
@@ -381,6 +382,10 @@ def check_options(options: TritonOptions) -> None:
             raise ConfigError(f"{flag} is an option of the Python-backend model: add --backend python")
     if python and options.graph is not None and options.runner != "onnxruntime":
         raise ConfigError(f"--graph chooses an ONNX Runtime graph, not one of the {options.runner} runner")
+    if python and options.threads is not None and options.runner == "tensorrt":
+        raise ConfigError("--threads: the tensorrt runner takes no thread count")
+    if python and options.device is not None and options.runner not in ("torch", "tensorrt"):
+        raise ConfigError(f"--device is an option of the torch and tensorrt runners, not of {options.runner}")
     if python and options.engine_files:
         raise ConfigError("--engine chooses the TensorRT plans of the onnxruntime repository; the Python model's "
                           "tensorrt runner picks the engine that runs here")
@@ -414,6 +419,9 @@ def write_triton_repo(directory: str | Path, repo: str | Path, options: TritonOp
         models = [python_model(manifest, name, options, batching)]
         if not options.dynamic_batching or batching.max_batch_size == 0:
             notes.append("no dynamic batching: model.py gets one request at a time")
+        if manifest.dtype == "bfloat16":
+            notes.append("bfloat16: numpy has no bfloat16, so Triton's Python backend cannot hand model.py these tensors; "
+                         "serve a float32 or float16 artifact with it")
         return publish_models(Path(repo), models, notes)
     if any(t.optional for t in manifest.contract.inputs):
         notes.append(REQUIRED_MASK_NOTE)
@@ -448,7 +456,11 @@ def publish_models(repo: Path, models: list[TritonModel], notes: list[str]) -> T
     return TritonResult(repo, models, notes, validated)
 
 
-def server_command(repo: Path) -> str:
-    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan)."""
+def server_command(repo: Path, backend: str = "onnxruntime") -> str:
+    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan). The Python model
+    needs this package inside it, and its config's artifact and site_packages paths valid there (docs/serving.md)."""
+    if backend == "python":
+        return (f"tritonserver --model-repository={Path(repo).resolve()}   # on this machine; for NVIDIA's container "
+                "see `python -m perceiver_export docs serving`, \"The Python-backend model\"")
     return (f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {Path(repo).resolve()}:/models "
             "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
