@@ -163,9 +163,9 @@ def main() -> int:
                                   f"p90 {r['p90_ms']:7.2f} ms  mean batch {r['mean_batch']:.2f}", flush=True)
         finally:
             stop(proc)
-    print("\n| shapes | concurrency | server | req/s | p50 ms | p90 ms | mean batch |\n|---|---|---|---|---|---|---|")
+    print("\n| shapes | concurrency | server | req/s | p50 / p90 ms | mean batch |\n|---|---|---|---|---|---|")
     for shapes, c, target, r in rows:
-        print(f"| {shapes} | {c} | {target} | {r['req_s']:.1f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['mean_batch']:.2f} |")
+        print(f"| {shapes} | {c} | {target} | {r['req_s']:.1f} | {r['p50_ms']:.2f} / {r['p90_ms']:.2f} | {r['mean_batch']:.2f} |")
     return 0
 
 
