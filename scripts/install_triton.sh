@@ -19,8 +19,9 @@
 # Idempotent: a second run finds the same stamp and `tritonserver --help` working, and stops.
 #   VENV           the project's virtual environment, whose pip and base Python are used (default .venv)
 #   TRITON_SPEC    the requirement (default nvidia-pytriton==0.7.0: Triton 2.51.0, the release tested here)
-#   STUB_PYTHON    the interpreter the stub embeds and its environment is made from: a shared build without numpy >= 2
-#                  on its own sys.path (default /usr/bin/python3.11 with Debian's libpython3.11, apt-installed if missing)
+#   STUB_PYTHON    the interpreter the stub embeds and its environment is made from: a shared build (Py_ENABLE_SHARED)
+#                  of a version the wheel has a stub for, 3.8 to 3.13 (default /usr/bin/python3.11 with Debian's
+#                  libpython3.11, apt-installed if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
