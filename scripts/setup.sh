@@ -5,6 +5,8 @@
 #   EXTRAS       further extras (default rtx: TensorRT for RTX, which builds engines without a GPU)
 #   VENV         where to create the environment (default .venv)
 #   WITH_CPP     1 (default): also install the C++ runtime's dependencies (scripts/install_cpp_deps.sh, uses apt)
+#   WITH_TRITON  1: also install a real Triton server with its Python backend into .deps/triton
+#                (scripts/install_triton.sh; tests/test_triton_server.py runs it). CI sets it (.ci/run).
 # The docs site's Mermaid comes from npm (package.json, package-lock.json: `npm ci` into node_modules/), so the built
 # site loads nothing from another host; npm itself from Debian where it is missing.
 # On Linux x86_64 it also installs Triton's perf_analyzer (scripts/install_perf_analyzer.sh; the tests drive `serve` with it).
@@ -15,6 +17,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 ORT_EXTRA=${ORT_EXTRA:-cpu}
 EXTRAS=${EXTRAS-rtx}
 WITH_CPP=${WITH_CPP:-1}
+WITH_TRITON=${WITH_TRITON:-0}
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -43,4 +46,7 @@ if [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ]; then
 fi
 if [ "$WITH_CPP" = 1 ]; then
   bash scripts/install_cpp_deps.sh
+fi
+if [ "$WITH_TRITON" = 1 ]; then
+  VENV="$VENV" bash scripts/install_triton.sh
 fi

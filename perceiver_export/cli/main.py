@@ -138,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--engine", action="append", default=[], metavar="FILE",
                          help="engine of the manifest to serve (repeatable; default: every datacenter TensorRT engine)")
     engines.add_argument("--no-engines", action="store_true", help="write no TensorRT model")
+    triton.add_argument("--preferred-batch-size", type=int, action="append", default=[], metavar="N",
+                        help="dynamic batching's preferred batch size (repeatable)")
+    triton.add_argument("--max-queue-size", type=int, metavar="N",
+                        help="dynamic batching's queue limit; past it a request is rejected (0: no limit; default: none)")
+    triton.add_argument("--queue-timeout-us", type=int, metavar="N",
+                        help="a request queued longer than this is rejected (default_queue_policy, timeout_action REJECT)")
+    triton.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "python"],
+                        help="onnxruntime: the ONNX graph (platform onnxruntime_onnx) and TensorRT plans (default); "
+                             "python: Triton's Python backend running this package's runner, padding k/v like serve")
+    triton.add_argument("--runner", default="onnxruntime", choices=SERVE_BACKENDS,
+                        help="--backend python: the runner model.py runs (default onnxruntime)")
+    triton.add_argument("--threads", type=int, metavar="N", help="--backend python: the runner's threads (default: all cores)")
+    triton.add_argument("--device", help="--backend python: torch: cpu, cuda, cuda:N; tensorrt: GPU index")
+    triton.add_argument("--site-packages", action="append", metavar="PATH",
+                        help="--backend python: a path model.py adds to sys.path where Triton runs it (repeatable; "
+                             "default: this interpreter's site-packages and this package's location)")
+    triton.add_argument("--artifact-path", metavar="PATH",
+                        help="--backend python: the artifact directory as Triton sees it (a container's mount; "
+                             "default: its absolute path here)")
     serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol (KServe v2: HTTP/REST and gRPC) with dynamic batching")
     serve.add_argument("dir", type=Path, help=ARTIFACT_DIR_HELP)
     serve.add_argument("--backend", default="onnxruntime", choices=SERVE_BACKENDS, help="runner (default onnxruntime)")
@@ -461,7 +480,11 @@ def cmd_triton(args, console: Console) -> int:
 
     options = TritonOptions(name=args.name, version=args.version, graph=args.graph, dynamic_batching=not args.no_dynamic_batching,
                             max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
-                            engines=not args.no_engines, engine_files=args.engine, trt_name=args.trt_name)
+                            engines=not args.no_engines, engine_files=args.engine, trt_name=args.trt_name,
+                            preferred_batch_size=args.preferred_batch_size, max_queue_size=args.max_queue_size,
+                            queue_timeout_us=args.queue_timeout_us, backend=args.backend, runner=args.runner,
+                            threads=args.threads, device=args.device, site_packages=args.site_packages,
+                            artifact_path=args.artifact_path)
     result = write_triton_repo(args.dir, args.repo, options)
     for model in result.models:
         files = ", ".join(["config.pbtxt", *model.files])
@@ -470,7 +493,7 @@ def cmd_triton(args, console: Console) -> int:
         console.print(f"note: {note}")
     if result.validated:
         console.print("configs validated with Triton's model_config.proto (tritonclient)")
-    console.print(f"start the server:\n  {server_command(result.repo)}", soft_wrap=True)
+    console.print(f"start the server:\n  {server_command(result.repo, args.backend)}", soft_wrap=True)
     return EXIT_OK
 
 

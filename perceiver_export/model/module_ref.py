@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a class is resolved: OURS is read by torch-free servers too
+    import torch
 
 # How manifests name our own layer (kept from schema v1's first artifacts).
 OURS = "perceiver_export.PerceiverLayer"
@@ -34,6 +35,8 @@ def _split(ref: str) -> tuple[str, str]:
 
 def resolve_class(ref: str) -> type[torch.nn.Module]:
     """The nn.Module subclass `ref` names; ConfigError if it cannot be imported or is not one."""
+    import torch
+
     if ref == OURS:
         from .layer import PerceiverLayer
 
@@ -74,6 +77,8 @@ def check_arguments(cls: type, args: Mapping[str, Any], ref: str) -> None:
 
 def construct(ref: str, args: Mapping[str, Any]) -> torch.nn.Module:
     """`Class(**args)`; a failing constructor becomes a ConfigError quoting the call."""
+    import torch
+
     cls = resolve_class(ref)
     check_arguments(cls, args, ref)
     try:

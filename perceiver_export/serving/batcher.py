@@ -17,11 +17,11 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import dim_terms
+from ..contract import IOContract, dim_terms
 from ..errors import BatchFailedError, DeadlineExceededError, InputError, OverloadedError
 from ..model.module_ref import OURS
 from ..runtime.arrays import to_numpy
@@ -188,10 +188,7 @@ class DynamicBatcher:
             raise
 
     def _group_key(self, feeds: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> tuple:
-        dtype = feeds[self.contract.inputs[0].name].dtype.str
-        if self.pad:
-            return (dtype, sizes["q_len"])
-        return (dtype, *(sizes.get(a) for a in self.contract.axes if a != "batch"), tuple(sorted(feeds)))
+        return batch_key(self.contract, feeds, sizes, self.pad)
 
     # ---- the worker -------------------------------------------------------------------------
     async def _run_forever(self) -> None:
@@ -265,10 +262,7 @@ class DynamicBatcher:
                     p.future.set_exception(failure)
         else:
             seconds = time.perf_counter() - start
-            row, parts = 0, []
-            for p in batch:
-                parts.append(np.ascontiguousarray(out[row:row + p.rows]))
-                row += p.rows
+            parts = split_batch(out, [p.rows for p in batch])
             split_seconds = time.perf_counter() - start - seconds
             for p, part in zip(batch, parts):
                 p.compute = (assemble_seconds, seconds, split_seconds)
@@ -283,35 +277,62 @@ class DynamicBatcher:
                                      tuple(began - p.arrival for p in batch)))
 
     def _assemble(self, batch: list[_Pending]) -> tuple[dict[str, np.ndarray], bool]:
-        """One set of feeds for the backend; k, v padded to the group's longest with the padding masked out."""
-        if len(batch) == 1:
-            return batch[0].feeds, False
-        names = [s.name for s in self.contract.inputs if s.name != "mask"]
-        lengths = {a: max(p.sizes[a] for p in batch) for a in LENGTH_AXES} if self.pad else {}
-        padded = self.pad and any(p.sizes[a] != lengths[a] for p in batch for a in LENGTH_AXES)
-        feeds = {}
-        for name in names:
-            if name not in batch[0].feeds:
-                continue
-            axis = {"k": "k_len", "v": "v_len"}.get(name) if self.pad else None
-            parts = [_pad_axis1(p.feeds[name], lengths[axis]) if axis else p.feeds[name] for p in batch]
-            feeds[name] = np.concatenate(parts, axis=0)
-        if self.pad and (padded or any("mask" in p.feeds for p in batch)):
-            feeds["mask"] = np.concatenate([self._padded_mask(p, lengths) for p in batch], axis=0)
-        elif "mask" in batch[0].feeds:
-            feeds["mask"] = np.concatenate([p.feeds["mask"] for p in batch], axis=0)
-        return feeds, padded
+        return assemble_batch(self.contract, [p.feeds for p in batch], [p.sizes for p in batch], self.pad)
 
-    @staticmethod
-    def _padded_mask(p: _Pending, lengths: Mapping[str, int]) -> np.ndarray:
-        k, v = p.sizes["k_len"], p.sizes["v_len"]
-        mask = p.feeds.get("mask")
-        if mask is None:
-            mask = np.ones((p.rows, k + v), dtype=bool)  # no mask = attend to all of its own positions
-        out = np.zeros((p.rows, lengths["k_len"] + lengths["v_len"]), dtype=bool)
-        out[:, :k] = mask[:, :k]
-        out[:, lengths["k_len"]:lengths["k_len"] + v] = mask[:, k:]
-        return out
+
+# ---- the padding, shared with Triton's Python backend (triton_python_model.py) ------------------------------
+def batch_key(contract: IOContract, feeds: Mapping[str, np.ndarray], sizes: Mapping[str, int], pad: bool) -> tuple:
+    """Requests with equal keys can share one backend call: padded, equal q_len and dtype; else identical shapes."""
+    dtype = feeds[contract.inputs[0].name].dtype.str
+    if pad:
+        return (dtype, sizes["q_len"])
+    return (dtype, *(sizes.get(a) for a in contract.axes if a != "batch"), tuple(sorted(feeds)))
+
+
+def assemble_batch(contract: IOContract, feeds_list: Sequence[Mapping[str, np.ndarray]],
+                   sizes_list: Sequence[Mapping[str, int]], pad: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """One set of feeds for the backend from checked requests of one `batch_key`, and whether any was padded.
+
+    With `pad`, k and v are padded to the group's longest with the padding masked out (a request without a mask
+    attends to all of its own positions); without it the requests must have identical shapes.
+    """
+    if len(feeds_list) == 1:
+        return dict(feeds_list[0]), False
+    names = [s.name for s in contract.inputs if s.name != "mask"]
+    lengths = {a: max(s[a] for s in sizes_list) for a in LENGTH_AXES} if pad else {}
+    padded = pad and any(s[a] != lengths[a] for s in sizes_list for a in LENGTH_AXES)
+    feeds = {}
+    for name in names:
+        if name not in feeds_list[0]:
+            continue
+        axis = {"k": "k_len", "v": "v_len"}.get(name) if pad else None
+        parts = [_pad_axis1(f[name], lengths[axis]) if axis else f[name] for f in feeds_list]
+        feeds[name] = np.concatenate(parts, axis=0)
+    if pad and (padded or any("mask" in f for f in feeds_list)):
+        feeds["mask"] = np.concatenate([_padded_mask(f, s, lengths) for f, s in zip(feeds_list, sizes_list)], axis=0)
+    elif "mask" in feeds_list[0]:
+        feeds["mask"] = np.concatenate([f["mask"] for f in feeds_list], axis=0)
+    return feeds, padded
+
+
+def split_batch(out: np.ndarray, rows: Sequence[int]) -> list[np.ndarray]:
+    """The backend's output split back per request (`rows` each), each part its own contiguous array."""
+    start, parts = 0, []
+    for n in rows:
+        parts.append(np.ascontiguousarray(out[start:start + n]))
+        start += n
+    return parts
+
+
+def _padded_mask(feeds: Mapping[str, np.ndarray], sizes: Mapping[str, int], lengths: Mapping[str, int]) -> np.ndarray:
+    k, v = sizes["k_len"], sizes["v_len"]
+    mask = feeds.get("mask")
+    if mask is None:
+        mask = np.ones((sizes["batch"], k + v), dtype=bool)  # no mask = attend to all of its own positions
+    out = np.zeros((sizes["batch"], lengths["k_len"] + lengths["v_len"]), dtype=bool)
+    out[:, :k] = mask[:, :k]
+    out[:, lengths["k_len"]:lengths["k_len"] + v] = mask[:, k:]
+    return out
 
 
 def _pad_axis1(x: np.ndarray, length: int) -> np.ndarray:
@@ -322,4 +343,4 @@ def _pad_axis1(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
-__all__ = ["BatchStats", "DynamicBatcher", "pads_exactly"]
+__all__ = ["BatchStats", "DynamicBatcher", "assemble_batch", "batch_key", "pads_exactly", "split_batch"]

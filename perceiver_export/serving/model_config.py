@@ -19,7 +19,7 @@ BATCH = "batch"
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "bool": "TYPE_BOOL"}
 # Fields of model_config.proto whose values are enums (written bare in text form) and maps (written as entries).
 ENUM_FIELDS = frozenset({"data_type", "kind", "format", "timeout_action"})
-MAP_FIELDS = frozenset({"cc_model_filenames", "metric_tags"})
+MAP_FIELDS = frozenset({"cc_model_filenames", "metric_tags", "parameters"})
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,13 @@ def triton_type(spec: TensorSpec) -> str:
     return TRITON_TYPES[spec.dtype]
 
 
-def tensor_config(contract: IOContract, spec: TensorSpec, batched: bool, optional: bool = False) -> dict:
+def tensor_config(contract: IOContract, spec: TensorSpec, batched: bool, optional: bool = False,
+                  ragged: bool = False) -> dict:
     entry: dict[str, Any] = {"name": spec.name, "data_type": triton_type(spec), "dims": triton_dims(contract, spec, batched)}
     if optional:
         entry["optional"] = True
+    if ragged:
+        entry["allow_ragged_batch"] = True
     return entry
 
 
@@ -86,13 +89,14 @@ def dynamic_batching_config(max_queue_delay_us: int, *, preferred_batch_size: Se
 def model_config(contract: IOContract, name: str, *, platform: str | None = None, backend: str | None = None,
                  max_batch_size: int | None = None, dynamic_batching: Mapping | None = None,
                  instance_group: Sequence[Mapping] = (), optional_inputs: bool = False,
-                 extra: Mapping[str, Any] | None = None) -> dict:
+                 ragged_inputs: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> dict:
     """The ModelConfig dict of a model whose tensors are the contract's.
 
     `max_batch_size` None is `batching_for(contract)`'s; a contract Triton cannot batch (`batching_for` says 0) is
     always 0, every dim explicit and no dynamic batching. `optional_inputs` marks the contract's optional inputs
     `optional: true`: only where the model behind the config really runs without them (see triton_repo.py for why
-    Triton's own onnxruntime and tensorrt models do not).
+    Triton's own onnxruntime and tensorrt models do not). `ragged_inputs` are written `allow_ragged_batch: true`
+    (Triton's batcher then groups requests whose sizes differ there; only a model that pads them may say so).
     """
     batchable = batching_for(contract).max_batch_size
     mbs = 0 if batchable == 0 else (batchable if max_batch_size is None else int(max_batch_size))
@@ -102,7 +106,8 @@ def model_config(contract: IOContract, name: str, *, platform: str | None = None
     if backend is not None:
         config["backend"] = backend
     config["max_batch_size"] = mbs
-    config["input"] = [tensor_config(contract, t, mbs > 0, optional_inputs and t.optional) for t in contract.inputs]
+    config["input"] = [tensor_config(contract, t, mbs > 0, optional_inputs and t.optional, mbs > 0 and t.name in ragged_inputs)
+                       for t in contract.inputs]
     config["output"] = [tensor_config(contract, t, mbs > 0) for t in contract.outputs]
     if instance_group:
         config["instance_group"] = [dict(g) for g in instance_group]
@@ -142,7 +147,14 @@ def _scalar(field: str, value: Any) -> str:
 
 def _field_lines(field: str, value: Any, indent: str, comments: Mapping[str, str]) -> list[str]:
     if field in MAP_FIELDS:
-        return [f"{indent}{field} {{ key: {quoted(k)} value: {quoted(v)} }}" for k, v in value.items()]
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, Mapping):  # a message value (parameters: { string_value: ... })
+                lines += [f"{indent}{field} {{", f"{indent}  key: {quoted(k)}", f"{indent}  value {{",
+                          *_message_lines(v, indent + "    ", comments), f"{indent}  }}", f"{indent}}}"]
+            else:
+                lines.append(f"{indent}{field} {{ key: {quoted(k)} value: {quoted(v)} }}")
+        return lines
     if isinstance(value, Mapping):
         return [f"{indent}{field} {{", *_message_lines(value, indent + "  ", comments), f"{indent}}}"]
     if isinstance(value, (list, tuple)):

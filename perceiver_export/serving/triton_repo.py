@@ -1,8 +1,11 @@
 """Triton Inference Server model repositories for an artifact, every shape and dtype read from its I/O contract.
 
 `write_triton_repo(DIR, REPO)` writes REPO/<name>/ (the ONNX graph, platform onnxruntime_onnx) and, when the
-artifact has datacenter TensorRT engines, REPO/<name>-tensorrt/ (platform tensorrt_plan). Each model directory
-is assembled beside its destination and swapped in whole; other models in REPO are left alone.
+artifact has datacenter TensorRT engines, REPO/<name>-tensorrt/ (platform tensorrt_plan). With
+`backend="python"` it writes REPO/<name>/ for Triton's Python backend instead: model.py (triton_python_model.py)
+runs this package's runner on the artifact, which stays where it is, and pads the requests Triton batched exactly
+as `serve` does. Each model directory is assembled beside its destination and swapped in whole; other models in
+REPO are left alone.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import site
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +28,10 @@ from .model_config import (Batching, batching_for, config_pbtxt, dynamic_batchin
                            triton_dims)  # noqa: F401 — triton_dims: this module's callers still find it here
 
 GRAPHS = ("plain", "optimized", "int8")
+BACKENDS = ("onnxruntime", "python")  # Triton backends: ONNX Runtime (with TensorRT plans beside it), or Python
+RUNNERS = ("onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16")  # what the Python backend's model runs
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+RAGGED = ("k", "v", "mask")  # the inputs whose sizes may differ within a batch the Python model pads
 KINDS = {"auto": None, "gpu": "KIND_GPU", "cpu": "KIND_CPU"}  # auto: Triton picks the GPU when there is one
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -40,6 +48,16 @@ class TritonOptions:
     engines: bool = True
     engine_files: Sequence[str] = ()  # which engines go into the tensorrt_plan model (default: every usable one)
     trt_name: str | None = None  # default: <name>-tensorrt
+    preferred_batch_size: Sequence[int] = ()
+    max_queue_size: int | None = None  # Triton's default_queue_policy; 0 is no limit (Triton's meaning)
+    queue_timeout_us: int | None = None  # a request queued longer is rejected (timeout_action REJECT)
+    backend: str = "onnxruntime"  # or "python"
+    # The Python backend's model (backend="python"):
+    runner: str = "onnxruntime"  # which of this package's runners it runs
+    threads: int | None = None
+    device: str | None = None  # torch: cpu, cuda, cuda:N; tensorrt: GPU index
+    site_packages: Sequence[str] | None = None  # default: default_site_packages()
+    artifact_path: str | None = None  # where the artifact is where Triton runs (default: its absolute path here)
 
 
 @dataclass
@@ -80,10 +98,16 @@ def header_lines(manifest: Manifest, sources: Sequence[str]) -> list[str]:
 
 
 # ---- the config's comments and fields ---------------------------------------------------------
-# No input is written `optional: true` here, the contract's optional mask included: the exported graph requires
-# every input (ONNX Runtime refuses a feed without `mask`), and Triton's tensorrt backend refuses to load a model
-# with an optional input at all. `serve`, which fills an absent mask, says `optional: true` (served_model_config).
-MASK_NOTE = "optional in the contract, required by the graph: send all True to attend to everything"
+# The ONNX Runtime and TensorRT models write no input `optional: true`, the contract's optional mask included: the
+# exported graph requires every input (ONNX Runtime refuses a feed without `mask`: "Required inputs (['mask']) are
+# missing"), and Triton's tensorrt backend refuses to load a model with an optional input at all. The Python model
+# fills an absent mask with True as `serve` does, so its config (like served_model_config) says `optional: true`.
+MASK_NOTE = ("optional in the contract, required by the graph: send all True to attend to everything "
+             "(the Python-backend model, `triton --backend python`, takes requests without it)")
+PYTHON_MASK_NOTE = "optional: a request without it attends to every k/v position (model.py fills it with True, as serve does)"
+REQUIRED_MASK_NOTE = ("mask is required in the onnxruntime and tensorrt configs (the exported graph needs it, and Triton's "
+                      "tensorrt backend refuses optional inputs): send all True, or write the Python-backend model "
+                      "(--backend python), which takes requests without it")
 
 
 def instance_group(count: int, kind: str | None, profiles: Sequence[int] = ()) -> dict:
@@ -98,13 +122,19 @@ def instance_group(count: int, kind: str | None, profiles: Sequence[int] = ()) -
 def repo_config(name: str, platform: str, contract: IOContract, batching: Batching, options: TritonOptions,
                 group: dict, extra: dict | None = None) -> dict:
     """The ModelConfig dict of a model in the repository (what config.pbtxt says, in Triton's JSON form)."""
-    dynamic = dynamic_batching_config(options.max_queue_delay_us) if options.dynamic_batching else None
     return model_config(contract, name, platform=platform, max_batch_size=batching.max_batch_size,
-                        dynamic_batching=dynamic, instance_group=[group], extra=extra)
+                        dynamic_batching=dynamic_batching(options), instance_group=[group], extra=extra)
 
 
-def config_text(header: list[str], config: dict, contract: IOContract) -> str:
-    comments = {t.name: f"{contract.describe(t)}: {MASK_NOTE}" for t in contract.inputs if t.optional}
+def dynamic_batching(options: TritonOptions) -> dict | None:
+    if not options.dynamic_batching:
+        return None
+    return dynamic_batching_config(options.max_queue_delay_us, preferred_batch_size=options.preferred_batch_size,
+                                   max_queue_size=options.max_queue_size, timeout_us=options.queue_timeout_us)
+
+
+def config_text(header: list[str], config: dict, contract: IOContract, note: str = MASK_NOTE) -> str:
+    comments = {t.name: f"{contract.describe(t)}: {note}" for t in contract.inputs if t.optional}
     return config_pbtxt(config, header, comments)
 
 
@@ -229,6 +259,48 @@ def tensorrt_model(manifest: Manifest, name: str, engines: dict[str, dict], opti
     return TritonModel(name, "tensorrt_plan", batching.max_batch_size, text, copies, config), notes
 
 
+# ---- the Python-backend model -----------------------------------------------------------------
+def default_site_packages() -> list[str]:
+    """Where this interpreter finds this package and its dependencies: what the stub's isolated interpreter lacks.
+    This package's own location comes first, so that it, not another install a .pth file names, is imported."""
+    import perceiver_export
+
+    paths = [str(Path(perceiver_export.__file__).resolve().parent.parent), *site.getsitepackages()]
+    return list(dict.fromkeys(p for p in paths if Path(p).is_dir()))
+
+
+def python_parameters(manifest: Manifest, options: TritonOptions) -> dict[str, str]:
+    """What model.py reads from the config (triton_python_model.py): where the packages and the artifact are, and
+    which runner with which options."""
+    paths = default_site_packages() if options.site_packages is None else list(options.site_packages)
+    if any(os.pathsep in p for p in paths):
+        raise ConfigError(f"--site-packages: a path may not contain {os.pathsep!r}")
+    params = {"site_packages": os.pathsep.join(paths),
+              "artifact": options.artifact_path or str(manifest.directory.resolve()),
+              "backend": options.runner}
+    for key, value in (("graph", options.graph), ("threads", options.threads), ("device", options.device)):
+        if value is not None:
+            params[key] = str(value)
+    return params
+
+
+def python_model(manifest: Manifest, name: str, options: TritonOptions, batching: Batching) -> TritonModel:
+    if options.graph is not None:
+        graph_files(manifest, options.graph)  # the error names the graphs it has
+    params = python_parameters(manifest, options)
+    kind = "KIND_GPU" if options.kind == "gpu" else "KIND_CPU"  # the runner picks its device itself
+    header = header_lines(manifest, [
+        f"Triton's Python backend: model.py runs perceiver_export's {options.runner} runner on {params['artifact']}",
+        "and pads k and v of the requests Triton batched exactly as `serve` does (allow_ragged_batch on k, v, mask).",
+    ])
+    config = model_config(manifest.contract, name, backend="python", max_batch_size=batching.max_batch_size,
+                          dynamic_batching=dynamic_batching(options), instance_group=[instance_group(options.instances, kind)],
+                          optional_inputs=True, ragged_inputs=RAGGED,
+                          extra={"parameters": {k: {"string_value": v} for k, v in params.items()}})
+    text = config_text(header, config, manifest.contract, PYTHON_MASK_NOTE)
+    return TritonModel(name, "python", batching.max_batch_size, text, {f"{options.version}/model.py": PYTHON_MODEL}, config)
+
+
 # ---- validation and writing -------------------------------------------------------------------
 def validated_with_triton_schema(model: TritonModel) -> bool:
     """Parse the config with Triton's model_config.proto (from tritonclient); False when it is not installed."""
@@ -298,9 +370,31 @@ def check_options(options: TritonOptions) -> None:
         raise ConfigError(f"--graph must be one of {', '.join(GRAPHS)}, got {options.graph!r}")
     if options.kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {options.kind!r}")
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
+    if options.runner not in RUNNERS:
+        raise ConfigError(f"--runner must be one of {', '.join(RUNNERS)}, got {options.runner!r}")
+    python = options.backend == "python"
+    for flag, given in (("--runner", options.runner != "onnxruntime"), ("--threads", options.threads is not None),
+                        ("--device", options.device is not None), ("--site-packages", options.site_packages is not None),
+                        ("--artifact-path", options.artifact_path is not None)):
+        if given and not python:
+            raise ConfigError(f"{flag} is an option of the Python-backend model: add --backend python")
+    if python and options.graph is not None and options.runner != "onnxruntime":
+        raise ConfigError(f"--graph chooses an ONNX Runtime graph, not one of the {options.runner} runner")
+    if python and options.threads is not None and options.runner == "tensorrt":
+        raise ConfigError("--threads: the tensorrt runner takes no thread count")
+    if python and options.device is not None and options.runner not in ("torch", "tensorrt"):
+        raise ConfigError(f"--device is an option of the torch and tensorrt runners, not of {options.runner}")
+    if python and options.engine_files:
+        raise ConfigError("--engine chooses the TensorRT plans of the onnxruntime repository; the Python model's "
+                          "tensorrt runner picks the engine that runs here")
     for what, value, low in (("--version", options.version, 1), ("--instances", options.instances, 1),
-                             ("--max-queue-delay-us", options.max_queue_delay_us, 0)):
-        if value < low:
+                             ("--max-queue-delay-us", options.max_queue_delay_us, 0),
+                             ("--threads", options.threads, 1), ("--max-queue-size", options.max_queue_size, 0),
+                             ("--queue-timeout-us", options.queue_timeout_us, 0),
+                             *(("--preferred-batch-size", n, 1) for n in options.preferred_batch_size)):
+        if value is not None and value < low:
             raise ConfigError(f"{what} must be >= {low}, got {value}")
 
 
@@ -317,6 +411,20 @@ def write_triton_repo(directory: str | Path, repo: str | Path, options: TritonOp
     name = checked_model_name(options.name or manifest.data["name"], "--name" if options.name else "the manifest's name (choose another with --name)")
     batching = batching_for(manifest.contract)
     notes = [batching.reason] if batching.reason else []
+    too_big = [n for n in options.preferred_batch_size if n > batching.max_batch_size]
+    if too_big and options.dynamic_batching and batching.max_batch_size > 0:
+        raise ConfigError(f"--preferred-batch-size {too_big[0]}: above max_batch_size {batching.max_batch_size} "
+                          "(the contract's batch max)")
+    if options.backend == "python":
+        models = [python_model(manifest, name, options, batching)]
+        if not options.dynamic_batching or batching.max_batch_size == 0:
+            notes.append("no dynamic batching: model.py gets one request at a time")
+        if manifest.dtype == "bfloat16":
+            notes.append("bfloat16: numpy has no bfloat16, so Triton's Python backend cannot hand model.py these tensors; "
+                         "serve a float32 or float16 artifact with it")
+        return publish_models(Path(repo), models, notes)
+    if any(t.optional for t in manifest.contract.inputs):
+        notes.append(REQUIRED_MASK_NOTE)
     if options.graph is None:
         graph, note = default_graph(manifest, options.kind)
         options = replace(options, graph=graph)
@@ -334,17 +442,25 @@ def write_triton_repo(directory: str | Path, repo: str | Path, options: TritonOp
             notes += trt_notes
     if manifest.dtype == "bfloat16":
         notes.append("bfloat16: ONNX Runtime's CPU kernels have no bfloat16 MatMul; the ONNX model runs on a GPU instance only")
+    return publish_models(Path(repo), models, notes)
+
+
+def publish_models(repo: Path, models: list[TritonModel], notes: list[str]) -> TritonResult:
+    """Validate every config, then write the model directories."""
     validated = all(validated_with_triton_schema(m) for m in models)
     if not validated:
         notes.append("configs not validated against Triton's schema: tritonclient is not installed "
                      "(pip install perceiver-export[triton])")
-    repo = Path(repo)
     for model in models:
         publish_model(repo, model)
     return TritonResult(repo, models, notes, validated)
 
 
-def server_command(repo: Path) -> str:
-    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan)."""
+def server_command(repo: Path, backend: str = "onnxruntime") -> str:
+    """How to serve REPO with NVIDIA's container (pick the release whose TensorRT built any plan). The Python model
+    needs this package inside it, and its config's artifact and site_packages paths valid there (docs/serving.md)."""
+    if backend == "python":
+        return (f"tritonserver --model-repository={Path(repo).resolve()}   # on this machine; for NVIDIA's container "
+                "see `python -m perceiver_export docs serving`, \"The Python-backend model\"")
     return (f"docker run --gpus all --rm -p8000:8000 -p8001:8001 -v {Path(repo).resolve()}:/models "
             "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
