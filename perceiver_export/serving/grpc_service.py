@@ -52,8 +52,8 @@ def tensor_params(tensor) -> dict:
 
 
 def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite: bool, shared_memory=None):
-    """The service's method handlers by method name (for `grpc.method_handlers_generic_handler`), the inference
-    call itself (for streaming), and the error wrapper `answer(context, call)`."""
+    """The service's method handlers by method name (for `grpc.method_handlers_generic_handler`) and the inference
+    call itself (for streaming)."""
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
     async def answer(context, call):
@@ -151,19 +151,19 @@ def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite
     async def model_infer(request, context):
         return await answer(context, lambda: infer_request(request))
 
-    async def repository_load(raw: bytes, context):
-        async def call():
-            model.check(repository_model_name(raw), None)
-            await model.load()
-            return pb.RepositoryModelLoadResponse(model_name=model.name, isLoaded=True)
-        return await answer(context, call)
+    def repository(action, respond):
+        """RepositoryModelLoad / Unload: the raw request (either message spelling), `action` under model control."""
+        async def handler(raw: bytes, context):
+            async def call():
+                model.check(repository_model_name(raw), None)
+                await action()
+                return respond()
+            return await answer(context, call)
+        return handler
 
-    async def repository_unload(raw: bytes, context):
-        async def call():
-            model.check(repository_model_name(raw), None)
-            await model.unload()
-            return pb.RepositoryModelUnloadResponse(model_name=model.name, isUnloaded=True)
-        return await answer(context, call)
+    repository_load = repository(model.load, lambda: pb.RepositoryModelLoadResponse(model_name=model.name, isLoaded=True))
+    repository_unload = repository(model.unload,
+                                   lambda: pb.RepositoryModelUnloadResponse(model_name=model.name, isUnloaded=True))
 
     def unary(fn, request_class=None):
         return grpc.unary_unary_rpc_method_handler(
@@ -180,7 +180,7 @@ def make_servicer(model: ServedModel, *, extensions: list[str], allow_non_finite
         "RepositoryModelLoad": unary(repository_load),
         "RepositoryModelUnload": unary(repository_unload),
     }
-    return handlers, infer_request, answer
+    return handlers, infer_request
 
 
 def repository_model_name(raw: bytes) -> str:

@@ -64,7 +64,7 @@ async def read_body(request: Request, limit: int) -> bytearray:
 
 
 def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_bytes: int, allow_non_finite: bool,
-                  model_config: Callable[[], dict], statistics: Callable[[], dict] | None, metrics_body: Callable,
+                  model_config: Callable[[], dict], statistics: Callable[[], dict], metrics_body: Callable,
                   shared_memory=None) -> Starlette:
     """The REST app for `model`; `model_config()` and `statistics()` give Triton's JSON bodies; `shared_memory`
     (a SharedMemoryRegions) serves Triton's system shared memory extension."""
@@ -117,12 +117,7 @@ def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_byte
         return json_response(model_config())
 
     async def stats(request: Request) -> Response:
-        if statistics is None:
-            raise ModelNotFoundError("statistics are not collected by this server")
         return json_response(statistics())
-
-    async def all_stats(request: Request) -> Response:
-        return await stats(request)
 
     async def infer(request: Request) -> Response:
         if not model.ready:
@@ -199,7 +194,7 @@ def make_rest_app(model: ServedModel, *, extensions: list[str], max_request_byte
         Route("/v2/health/ready", handled(ready), methods=["GET"]),
         Route("/v2", handled(server_metadata), methods=["GET"]),
         Route("/v2/", handled(server_metadata), methods=["GET"]),
-        Route("/v2/models/stats", handled(all_stats), methods=["GET"]),
+        Route("/v2/models/stats", handled(stats), methods=["GET"]),
         *model_routes,
         Route("/v2/repository/index", handled(repository_index), methods=["POST"]),
         Route("/v2/repository/models/{load_name}/load", handled(load), methods=["POST"]),

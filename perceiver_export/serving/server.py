@@ -351,7 +351,7 @@ async def serve(directory: str | Path, options: ServeOptions,
 
     grpc_server = aio.server(options=[("grpc.max_send_message_length", -1),
                                       ("grpc.max_receive_message_length", limit)])
-    handlers, infer_request, _ = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite,
+    handlers, infer_request = make_servicer(model, extensions=extensions, allow_non_finite=options.allow_non_finite,
                                                shared_memory=shared_memory)
     grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),
                                           extension_handler(config_for, stats_for, infer_request),
