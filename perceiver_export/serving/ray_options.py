@@ -15,10 +15,10 @@ BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16")
 # Requests a replica takes in at once beyond its batcher's queue: at least the largest batch (Ray's router holds
 # the rest back, so the batcher's --max-queue is what answers 503 / UNAVAILABLE under overload).
 ONGOING_HEADROOM = 256
-# What `serve run` and a config's `import_path` name, and the gRPC servicer Ray's gRPC proxy registers (the Open
-# Inference Protocol's service from KServe's generated classes; tritonclient's calls are the same methods).
+# What `serve run` and a config's `import_path` name, and the function Ray's gRPC proxy calls to register the
+# Open Inference Protocol's gRPC service (`grpc_options.grpc_servicer_functions`).
 IMPORT_PATH = "perceiver_export.serving.ray_serve:app_builder"
-GRPC_SERVICER_FUNCTION = "kserve.protocol.grpc.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+GRPC_SERVICER_FUNCTION = "perceiver_export.serving.ray_serve.add_inference_service"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,33 @@ def load_runner(directory: str | Path, options: ServeOptions) -> Runner:
     return load(directory, backend=options.backend, **extra)
 
 
+def make_model(directory: str | Path, options: ServeOptions, metrics: "Metrics") -> ServedModel:
+    """The served model for `options` (runner, batcher, statistics), not loaded yet (`await model.load(initial=True)`).
+    The Ray Serve application (ray_serve.py) builds its replicas' models here too."""
+    from .statistics import InferenceStatistics
+
+    def make_batcher(runner: Runner, on_batch) -> DynamicBatcher:
+        return DynamicBatcher(runner, max_batch_size=options.max_batch_size,
+                              max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
+                              timeout_ms=options.timeout_ms, on_batch=on_batch)
+
+    model = ServedModel(directory, options.name, options.model_control_mode, lambda: load_runner(directory, options),
+                        make_batcher, metrics, platform=f"perceiver-export_{options.backend}")
+    model.statistics = InferenceStatistics(model.name, MODEL_VERSION)
+    return model
+
+
+def served_config_of(model: ServedModel, options: ServeOptions) -> dict:
+    """Triton's model configuration of the served model (what `/config` and gRPC ModelConfig answer)."""
+    from .model_config import served_model_config
+
+    return served_model_config(
+        model.contract, model.name, max_batch_size=model.max_batch_size,
+        max_queue_delay_us=int(options.max_queue_delay_ms * 1000), max_queue_size=options.max_queue,
+        timeout_us=int(options.timeout_ms * 1000) if options.timeout_ms else None, backend="perceiver_export",
+        kind="KIND_GPU" if options.device and "cuda" in str(options.device) or options.backend == "tensorrt" else "KIND_CPU")
+
+
 class Metrics:
     """Prometheus series next to KServe's own on `/metrics` (one set per process)."""
 
@@ -280,9 +307,7 @@ async def serve(directory: str | Path, options: ServeOptions,
     from grpc import aio
 
     from .grpc_service import make_servicer
-    from .model_config import served_model_config
     from .rest import make_rest_app
-    from .statistics import InferenceStatistics
     from .shared_memory import SharedMemoryRegions
     from .triton_grpc import extension_handler, shared_memory_handler
 
@@ -296,27 +321,14 @@ async def serve(directory: str | Path, options: ServeOptions,
             raise ConfigError(f"{flag} must be > 0, got {value}")
 
     metrics = Metrics.get()
-
-    def make_batcher(runner: Runner, on_batch) -> DynamicBatcher:
-        return DynamicBatcher(runner, max_batch_size=options.max_batch_size,
-                              max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
-                              timeout_ms=options.timeout_ms, on_batch=on_batch)
-
-    model = ServedModel(directory, options.name, options.model_control_mode, lambda: load_runner(directory, options),
-                        make_batcher, metrics, platform=f"perceiver-export_{options.backend}")
-    model.statistics = InferenceStatistics(model.name, MODEL_VERSION)
+    model = make_model(directory, options, metrics)
     await model.load(initial=True)
     metrics.queue_depth.labels(model.name).set_function(lambda: model.batcher.queue_depth if model.batcher else 0)
     limit = options.max_request_bytes or default_max_request_bytes(model.contract)
     if limit < 1:
         raise ConfigError(f"--max-request-bytes must be >= 1, got {limit}")
     extensions = served_extensions(options.model_control_mode)
-
-    served_config = served_model_config(
-        model.contract, model.name, max_batch_size=model.max_batch_size,
-        max_queue_delay_us=int(options.max_queue_delay_ms * 1000), max_queue_size=options.max_queue,
-        timeout_us=int(options.timeout_ms * 1000) if options.timeout_ms else None, backend="perceiver_export",
-        kind="KIND_GPU" if options.device and "cuda" in str(options.device) or options.backend == "tensorrt" else "KIND_CPU")
+    served_config = served_config_of(model, options)
 
     def config_for(name: str, version: str) -> dict:
         model.check(name, version)
@@ -403,4 +415,5 @@ def run(directory: str | Path, options: ServeOptions, on_listening: Callable[[di
     return asyncio.run(serve(directory, options, on_listening))
 
 
-__all__ = ["ServeOptions", "default_max_request_bytes", "load_runner", "run", "serve"]
+__all__ = ["Metrics", "ServeOptions", "default_max_request_bytes", "load_runner", "make_model", "metrics_body", "run", "serve",
+           "served_config_of", "served_extensions"]
