@@ -74,8 +74,9 @@ def validate_serve_config(config: dict[str, Any]) -> str | None:
 
     try:
         ServeDeploySchema.parse_obj(config)
-    except ValueError as e:  # pydantic's ValidationError
-        raise ConfigError(f"Ray Serve's ServeDeploySchema refuses the config: {e}") from None
+    except ValueError as e:  # pydantic's ValidationError: one line per field Ray refuses, made one message
+        problems = [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in e.errors()] if hasattr(e, "errors") else [str(e)]
+        raise ConfigError(f"Ray Serve's ServeDeploySchema refuses the config: {'; '.join(problems)}") from None
     return ray.__version__
 
 

@@ -104,7 +104,8 @@ def build_ray_service(directory: str | Path, serve: RayServeOptions, options: Ra
     app_name = options.app_name or app_name_for(directory)
     name = options.name or app_name
     if not K8S_NAME.match(name):
-        raise ConfigError(f"--name {name!r}: a RayService name must be a DNS label (lower case, digits, '-')")
+        raise ConfigError(f"the RayService name {name!r} (--service-name; default: the application's) must be a DNS "
+                          "label (lower case, digits, '-')")
     if options.artifact_pvc is not None and not K8S_NAME.match(options.artifact_pvc):
         raise ConfigError(f"--artifact-pvc {options.artifact_pvc!r}: a PersistentVolumeClaim name is a DNS label")
     if not serve.artifact.startswith("/"):
