@@ -53,7 +53,7 @@ def crd_validator():
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "perceiver_export", *args], capture_output=True, text=True,
-                          timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
 
 
 def parsed_by_ray(config: dict) -> dict:
@@ -111,7 +111,7 @@ def test_rayserve_without_ray_writes_the_config_and_says_it_was_not_validated(ti
     hide_ray = ("import sys; sys.modules['ray'] = None; sys.modules['ray.serve'] = None; "
                 "sys.modules['ray.serve.schema'] = None\nfrom perceiver_export.cli.main import main\n"
                 f"sys.exit(main(['rayserve', {str(tiny_fp32.directory)!r}, '--out', {str(out)!r}]))")
-    result = subprocess.run([sys.executable, "-c", hide_ray], capture_output=True, text=True, timeout=120, cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", hide_ray], capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert "not validated: Ray is not installed here" in " ".join(result.stdout.split())
@@ -233,3 +233,16 @@ def test_help_without_heavy_imports(command, option):
     code, out, _, imported = run_cli(command, "--help")
     assert code == 0 and f"usage: python -m perceiver_export {command}" in out and option in out
     assert not imported & (HEAVY | {"rich", "ray", "kubernetes", "yaml"})
+
+
+def test_every_flag_is_an_option_and_the_backends_are_the_options():
+    import dataclasses
+
+    from perceiver_export.cli.ray_commands import BACKENDS as CLI_BACKENDS
+    from perceiver_export.cli.ray_commands import OPTION_FLAGS
+    from perceiver_export.serving.ray_options import BACKENDS
+
+    fields = {f.name for f in dataclasses.fields(RayServeOptions)}
+    flagged = {field for _, field, _, _ in OPTION_FLAGS} | {"artifact", "allow_non_finite"}
+    assert flagged == fields  # a new option without a flag (or a flag without an option) fails here
+    assert tuple(CLI_BACKENDS) == BACKENDS

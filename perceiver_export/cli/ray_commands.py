@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
     from ..serving.ray_options import RayServeOptions
 
-BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]  # ray_options.BACKENDS, without importing it
+# ray_options.BACKENDS, written out: importing serving/ would import numpy (its batcher) for --help.
+BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]
 # flag → RayServeOptions field, type, help
 OPTION_FLAGS = (
     ("--name", "name", str, "the served model's name (default: the artifact's)"),
@@ -39,9 +40,9 @@ OPTION_FLAGS = (
 def _ray_serve_flags(p: argparse.ArgumentParser, artifact_default: str) -> None:
     p.add_argument("dir", type=Path, help="artifact directory (a file inside one, e.g. DIR/model.onnx, names its artifact)")
     p.add_argument("--artifact-path", metavar="PATH", help=f"the artifact directory as the cluster sees it (default: {artifact_default})")
-    for flag, _, kind, text in OPTION_FLAGS:
+    for flag, field, kind, text in OPTION_FLAGS:
         extra = {"choices": BACKENDS} if flag == "--backend" else {}
-        p.add_argument(flag, type=kind, default=None, help=text, **extra)
+        p.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN and Inf inputs")
 
 
@@ -74,20 +75,14 @@ def add_ray_parsers(sub) -> None:
     svc.add_argument("--out", type=Path, help="output file (default DIR/rayservice.yaml)")
 
 
-def ray_serve_options(args, artifact: str) -> "RayServeOptions":
+def ray_serve_options(args, artifact: str) -> RayServeOptions:
     """RayServeOptions from the flags given; those left out keep RayServeOptions' defaults."""
     from ..serving.ray_options import RayServeOptions
 
-    given = {field: getattr(args, field_flag(flag)) for flag, field, _, _ in OPTION_FLAGS
-             if getattr(args, field_flag(flag)) is not None}
+    given = {field: getattr(args, field) for _, field, _, _ in OPTION_FLAGS if getattr(args, field) is not None}
     if args.allow_non_finite:
         given["allow_non_finite"] = True
     return RayServeOptions(artifact=args.artifact_path or artifact, **given)
-
-
-def field_flag(flag: str) -> str:
-    """argparse's attribute for a flag."""
-    return flag.lstrip("-").replace("-", "_")
 
 
 def cmd_rayserve(args, console: Console) -> int:

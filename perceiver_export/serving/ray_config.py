@@ -40,6 +40,15 @@ def serve_config(options: RayServeOptions, *, app_name: str | None = None, route
                  http_host: str = "0.0.0.0", http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT) -> dict[str, Any]:
     """Ray Serve's config (the document `serve deploy` takes) for one application running this artifact; raises a
     ConfigError where Ray's ServeDeploySchema refuses it."""
+    return checked_serve_config(options, app_name=app_name, route_prefix=route_prefix, http_host=http_host,
+                                http_port=http_port, grpc_port=grpc_port)[0]
+
+
+def checked_serve_config(options: RayServeOptions, *, app_name: str | None = None, route_prefix: str = "/",
+                         http_host: str = "0.0.0.0", http_port: int = HTTP_PORT,
+                         grpc_port: int = GRPC_PORT) -> tuple[dict[str, Any], str | None]:
+    """serve_config's document, and the Ray version whose ServeDeploySchema accepted it (None: Ray is not installed
+    here, so nothing checked it)."""
     for flag, port in (("http_port", http_port), ("grpc_port", grpc_port)):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"Ray Serve config {flag}: expected a port 1..65535, got {port!r}")
@@ -59,8 +68,7 @@ def serve_config(options: RayServeOptions, *, app_name: str | None = None, route
             "args": options.to_args(),
         }],
     }
-    validate_serve_config(config)
-    return config
+    return config, validate_serve_config(config)
 
 
 def validate_serve_config(config: dict[str, Any]) -> str | None:
@@ -110,12 +118,11 @@ def serve_config_yaml(config: dict[str, Any], *, validated_with: str | None) -> 
 
 def write_serve_config(options: RayServeOptions, out: str | Path, **config_options: Any) -> WrittenServeConfig:
     """Write the config `serve_config` gives as YAML, atomically."""
-    config = serve_config(options, **config_options)
-    validated_with = validate_serve_config(config)
+    config, validated_with = checked_serve_config(options, **config_options)
     out = Path(out)
     atomic_write_text(out, serve_config_yaml(config, validated_with=validated_with))
     return WrittenServeConfig(out, config["applications"][0]["name"], validated_with)
 
 
-__all__ = ["GRPC_PORT", "HTTP_PORT", "WrittenServeConfig", "app_name_for", "dns_label", "serve_config",
+__all__ = ["GRPC_PORT", "HTTP_PORT", "WrittenServeConfig", "app_name_for", "checked_serve_config", "dns_label", "serve_config",
            "serve_config_yaml", "validate_serve_config", "write_serve_config"]

@@ -19,7 +19,7 @@ from .. import __version__
 from ..artifact.atomic import atomic_write_text
 from ..errors import ConfigError
 from .kserve_manifest import K8S_NAME
-from .ray_config import GRPC_PORT, HTTP_PORT, ray_installed_version, serve_config, validate_serve_config
+from .ray_config import GRPC_PORT, HTTP_PORT, checked_serve_config, ray_installed_version
 from .ray_options import RayServeOptions
 
 GCS_PORT, DASHBOARD_PORT = 6379, 8265
@@ -84,6 +84,12 @@ def _cpu_quantity(cpus: float) -> str:
 
 def build_ray_service(directory: str | Path, serve: RayServeOptions, options: RayServiceOptions) -> dict[str, Any]:
     """The RayService as a plain document (pod templates serialized from the Kubernetes client's classes)."""
+    return _built(directory, serve, options)[0]
+
+
+def _built(directory: str | Path, serve: RayServeOptions,
+           options: RayServiceOptions) -> tuple[dict[str, Any], WorkerSizing, str | None]:
+    """The RayService, how its workers are sized, and the Ray version that checked serveConfigV2 (None: no Ray here)."""
     from kubernetes.client import (
         ApiClient,
         V1Container,
@@ -111,7 +117,7 @@ def build_ray_service(directory: str | Path, serve: RayServeOptions, options: Ra
     if not serve.artifact.startswith("/"):
         raise ConfigError(f"--artifact-path {serve.artifact!r}: expected an absolute path inside the container")
     sizing = worker_sizing(serve, options.workers)
-    config = serve_config(serve, app_name=app_name)
+    config, validated_with = checked_serve_config(serve, app_name=app_name)
     import yaml
 
     mounts = [V1VolumeMount(name=ARTIFACT_VOLUME, mount_path=serve.artifact, read_only=True)] if options.artifact_pvc else None
@@ -160,7 +166,7 @@ def build_ray_service(directory: str | Path, serve: RayServeOptions, options: Ra
         "perceiver-export/artifact": app_name,
         "perceiver-export/replicas-per-worker": str(sizing.replicas_per_worker),
     }))
-    return {
+    document = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": metadata,
@@ -171,6 +177,7 @@ def build_ray_service(directory: str | Path, serve: RayServeOptions, options: Ra
             "rayClusterConfig": cluster,
         },
     }
+    return document, sizing, validated_with
 
 
 def ray_service_yaml(document: dict[str, Any], serve: RayServeOptions, options: RayServiceOptions,
@@ -211,13 +218,10 @@ class WrittenRayService:
 
 def write_ray_service(directory: str | Path, serve: RayServeOptions, options: RayServiceOptions,
                       out: str | Path) -> WrittenRayService:
-    document = build_ray_service(directory, serve, options)
-    import yaml
-
-    validated_with = validate_serve_config(yaml.safe_load(document["spec"]["serveConfigV2"]))
+    document, sizing, validated_with = _built(directory, serve, options)
     out = Path(out)
     atomic_write_text(out, ray_service_yaml(document, serve, options, validated_with))
-    return WrittenRayService(out, document["metadata"]["name"], worker_sizing(serve, options.workers), validated_with)
+    return WrittenRayService(out, document["metadata"]["name"], sizing, validated_with)
 
 
 __all__ = ["RayServiceOptions", "WorkerSizing", "WrittenRayService", "build_ray_service", "worker_sizing",
