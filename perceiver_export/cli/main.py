@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..contract import AXES, AxisRange
 from ..errors import ConfigError, ParityError, PerceiverExportError
+from .ray_commands import add_ray_parsers, cmd_rayserve, cmd_rayservice
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--serve-args", default="", help="further serve options, e.g. '--max-batch-size 8 --timeout-ms 500'")
     ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
     ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")
+    add_ray_parsers(sub)
     _doctor_parser(sub)
     docs = sub.add_parser("docs", help="print a page of the guide (they ship with the package): "
                                        "`docs` lists the topics, `docs parity` prints one")
@@ -635,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             read_manifest(args.dir)
         commands = {"onnx": cmd_onnx, "verify": cmd_verify, "trt": cmd_trt, "bench": cmd_bench, "inspect": cmd_inspect,
                     "triton": cmd_triton, "serve": cmd_serve, "loadtest": cmd_loadtest, "kserve": cmd_kserve,
-                    "doctor": cmd_doctor, "docs": cmd_docs}
+                    "doctor": cmd_doctor, "docs": cmd_docs, "rayserve": cmd_rayserve, "rayservice": cmd_rayservice}
         if isinstance(getattr(args, "dir", None), Path):  # every command that takes an artifact DIR
             args.dir = _artifact_dir(args.dir, errors)
         return commands[args.command](args, console)
