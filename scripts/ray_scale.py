@@ -98,16 +98,16 @@ def main() -> int:
     manifest = read_manifest(directory)
     model = manifest.data["name"]
     requests = requests_for(manifest.contract, args.requests, args.kv_len)
-    options = {"artifact": str(directory), "threads": "1", "max_queue_delay_ms": str(args.delay_ms)}
+    flags = ("--threads", "1", "--max-queue-delay-ms", str(args.delay_ms))
     rows = []
     with RayCluster(head_cpus=1, worker_cpus=1, pin=("0", "1")) as cluster:
         for replicas in (1, 2):
-            cluster.deploy({**options, "num_replicas": str(replicas)}, model)
+            cluster.deploy(directory, *flags, "--replicas", str(replicas))
             placed = sorted(r["node_ip"] for r in cluster.replicas())
             r = closed_loop(cluster.grpc, model, requests, args.clients)
             rows.append((f"Ray Serve, {replicas} replica{'s' * (replicas > 1)} ({', '.join(placed)})", args.clients, r))
             print(rows[-1], flush=True)
-        cluster.deploy({**options, "num_replicas": "1"}, model)
+        cluster.deploy(directory, *flags, "--replicas", "1")
         ray_one = closed_loop(cluster.grpc, model, requests[: max(50, args.requests // 2)], 1)
         rows.append(("Ray Serve, 1 replica", 1, ray_one))
         print(rows[-1], flush=True)

@@ -4,7 +4,7 @@ The head and the worker node each run in their own network namespace, joined by 
 .2), so requests between the proxy and replicas on the other node really cross a network link; the host reaches
 the head through a second veth pair (10.214.X.1 on the host, .2 in the head's namespace). Everything Ray binds
 (Ray Serve's gRPC proxy binds `[::]`, GCS and raylets their node address) is therefore inside those namespaces;
-nothing listens on the host's own interfaces. Drivers (`serve.run`, state queries) run inside the head's
+nothing listens on the host's own interfaces. Drivers (node and replica queries) run inside the head's
 namespace (`ip netns exec`) as subprocesses of this module (`python tests/ray_cluster.py COMMAND JSON`).
 
 Every process started is stopped by its PID: the nodes are `ray start --block` processes, whose SIGTERM stops
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 RAY = str(Path(PY).with_name("ray"))
 HTTP_PORT, GRPC_PORT, GCS_PORT = 8000, 9000, 6379
+DASHBOARD = "http://127.0.0.1:8265"  # the head's dashboard, inside its namespace (`serve deploy`, `serve status`)
 
 
 def netns_available() -> str | None:
@@ -147,9 +149,24 @@ class RayCluster:
             raise RuntimeError(f"driver {command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
         return json.loads(lines[-1])
 
-    def deploy(self, args: dict, name: str, timeout: float = 240) -> dict:
-        """`serve.run(app_builder(args))` with the proxies on 0.0.0.0 in the namespaces; returns when it runs."""
-        return self.driver("deploy", {"args": args, "name": name}, timeout=timeout)
+    def deploy(self, artifact: str | Path, *flags: str, timeout: float = 240) -> Path:
+        """The artifact deployed as users do: `python -m perceiver_export rayserve ARTIFACT FLAGS --out CONFIG` writes
+        Ray Serve's config file (proxies on 0.0.0.0:8000 and :9000 inside the namespaces), `serve deploy CONFIG`
+        sends it to the cluster, and this returns once `serve status` says the application is RUNNING."""
+        config = self.temp / f"serve-{time.monotonic_ns()}.yaml"
+        subprocess.run([PY, "-m", "perceiver_export", "rayserve", str(artifact), *flags, "--http-port", str(HTTP_PORT),
+                        "--grpc-port", str(GRPC_PORT), "--out", str(config)], check=True, capture_output=True, env=self.env())
+        self.serve_cli("deploy", str(config), "-a", DASHBOARD)
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            status = self.serve_cli("status", "-a", DASHBOARD).stdout
+            if "DEPLOY_FAILED" in status:
+                raise RuntimeError(f"serve deploy failed:\n{status}")
+            if "status: RUNNING" in status and "UPDATING" not in status and "DEPLOYING" not in status:
+                return config
+            time.sleep(1)
+        raise RuntimeError(f"the application was not RUNNING within {timeout:g} s:\n{status}\n{self.logs()}")
 
     def serve_cli(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         """Ray Serve's own command line (`serve run`, `serve deploy`, `serve status`) inside the head's namespace."""
@@ -202,10 +219,31 @@ class RayCluster:
         self.stop()
 
 
-def host_listeners() -> set[str]:
-    """The listening TCP sockets of the host's own network namespace (`ss -ltnH`: local address:port)."""
-    out = run("ss", "-ltnH").stdout
-    return {line.split()[3] for line in out.splitlines() if line.strip()}
+def host_listeners() -> dict[str, str]:
+    """The listening TCP sockets of the host's own network namespace (`ss -ltnpH`): local address:port -> the
+    owning processes' names as ss prints them (e.g. `users:(("raylet",pid=12,fd=5))`)."""
+    out = run("ss", "-ltnpH").stdout
+    return {line.split()[3]: " ".join(line.split()[5:]) for line in out.splitlines() if line.strip()}
+
+
+def ray_listeners_on_host(cluster: "RayCluster", before: dict[str, str]) -> dict[str, str]:
+    """Listening sockets that appeared on the host since `before` and belong to a process of the cluster (a node's
+    `ray start` or anything it started)."""
+    import psutil
+
+    ours = set()
+    for node in cluster.nodes:
+        try:
+            parent = psutil.Process(node.pid)
+            ours |= {parent.pid, *(p.pid for p in parent.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    found = {}
+    for addr, users in host_listeners().items():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", users)}
+        if addr not in before and pids & ours:
+            found[addr] = users
+    return found
 
 
 # ---- driver side (runs inside the head's namespace) -------------------------------------------------------
@@ -217,19 +255,6 @@ def _driver_main(command: str, args: dict, address: str, node_ip: str) -> dict:
         return {"alive": sum(1 for n in ray.nodes() if n["Alive"]),
                 "nodes": [{"ip": n["NodeManagerAddress"], "cpus": n["Resources"].get("CPU", 0)}
                           for n in ray.nodes() if n["Alive"]]}
-    if command == "deploy":
-        from ray import serve
-        from ray.serve.config import gRPCOptions, HTTPOptions
-
-        from perceiver_export.serving.ray_options import GRPC_SERVICER_FUNCTION
-        from perceiver_export.serving.ray_serve import app_builder
-
-        serve.start(http_options=HTTPOptions(host="0.0.0.0", port=HTTP_PORT),
-                    grpc_options=gRPCOptions(port=GRPC_PORT, grpc_servicer_functions=[GRPC_SERVICER_FUNCTION]),
-                    proxy_location="EveryNode")
-        start = time.monotonic()
-        serve.run(app_builder(args["args"]), name=args["name"], route_prefix="/")
-        return {"deployed_s": round(time.monotonic() - start, 2)}
     if command == "replicas":
         from ray.util.state import list_actors
 

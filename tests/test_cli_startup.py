@@ -39,7 +39,8 @@ def test_help_lists_every_command_without_heavy_imports():
     code, out, _, imported = run_cli("--help")
     assert code == 0
     assert out.startswith("usage: python -m perceiver_export")
-    for command in ("onnx", "verify", "trt", "inspect", "bench", "serve", "loadtest", "kserve", "triton", "doctor"):
+    for command in ("onnx", "verify", "trt", "inspect", "bench", "serve", "loadtest", "kserve", "triton", "rayserve",
+                    "rayservice", "doctor"):
         assert command in out
     assert not imported & HEAVY, imported & HEAVY
     assert "rich" not in imported
