@@ -336,5 +336,5 @@ def run_perf_analyzer(contract: IOContract, model: str, url: str, settings: Perf
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "kv_range", "parse_csv", "parse_summary", "perf_analyzer_command",
-           "request_shapes", "run_perf_analyzer", "served_max_batch_size", "write_input_data"]
+__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "kv_range", "parse_csv", "parse_summary",
+           "perf_analyzer_command", "request_shapes", "run_perf_analyzer", "served_max_batch_size", "write_input_data"]
