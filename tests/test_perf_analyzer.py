@@ -109,6 +109,35 @@ def test_input_data_file_holds_the_shapes_the_command_line_states(contract, tmp_
     assert set(omitted["data"][0]) == {"q", "k", "v"}
 
 
+def test_variable_lengths_give_each_step_its_own_k_and_v_inside_the_contract(contract, tmp_path):
+    settings = pa.PerfSettings(lengths="variable", data_steps=32, mask="all-true", seed=3)
+    steps = json.loads(pa.write_input_data(contract, tmp_path / "d.json", 1, 4, settings).read_text())["data"]
+    assert len(steps) == 32
+    k_lens = [s["k"]["shape"][0] for s in steps]
+    v_lens = [s["v"]["shape"][0] for s in steps]
+    assert min(k_lens + v_lens) >= 1 and max(k_lens + v_lens) <= 24  # the tiny contract's k_len and v_len 1..24
+    assert len(set(k_lens)) >= 10 and len(set(v_lens)) >= 10 and len(set(zip(k_lens, v_lens))) >= 25
+    for step, k_len, v_len in zip(steps, k_lens, v_lens):
+        assert step["q"]["shape"] == [8, 32] and step["k"]["shape"] == [k_len, 32]  # q stays at opt
+        assert step["mask"]["shape"] == [k_len + v_len]
+        assert np.frombuffer(base64.b64decode(step["k"]["b64"]), np.float32).size == k_len * 32
+        assert np.frombuffer(base64.b64decode(step["v"]["b64"]), np.float32).size == v_len * 32
+    capped = pa.PerfSettings(lengths="variable", data_steps=32, max_kv=5)
+    steps = json.loads(pa.write_input_data(contract, tmp_path / "c.json", 1, 4, capped).read_text())["data"]
+    assert {s["k"]["shape"][0] for s in steps} | {s["v"]["shape"][0] for s in steps} <= {1, 2, 3, 4, 5}
+    # only the input whose shape does not vary is on the command line; the file states k's, v's and the mask's
+    command = pa.build_command(contract, "m", "127.0.0.1:1", settings, max_batch_size=4, csv_path=tmp_path / "r.csv",
+                               data_path=tmp_path / "d.json", perf_analyzer=["PA"])
+    assert flag_values(command, "--shape") == ["q:8,32"]
+    with pytest.raises(ConfigError, match="variable lengths need the --input-data file"):
+        pa.build_command(contract, "m", "127.0.0.1:1", settings, max_batch_size=4, csv_path=tmp_path / "r.csv",
+                         perf_analyzer=["PA"])
+    with pytest.raises(ConfigError, match="lengths must be 'opt' or 'variable', got 'random'"):
+        pa.write_input_data(contract, tmp_path / "x.json", 1, 4, pa.PerfSettings(lengths="random"))
+    with pytest.raises(ConfigError, match="max_kv 0 is below the contract's k/v minimum 1"):
+        pa.write_input_data(contract, tmp_path / "x.json", 1, 4, pa.PerfSettings(lengths="variable", max_kv=0))
+
+
 def test_not_installed_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv(pa.ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -179,6 +208,41 @@ def test_perf_analyzer_drives_serve(served_tiny, protocol, streaming, tmp_path):
     assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"], row
     assert batch_rows(server.http) - before >= row["requests"]  # the server answered every measured request
     assert ("--streaming" in run["command"][0]) == streaming
+
+
+def served_counts(grpc: str, model: str) -> tuple[int, int]:
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(grpc).get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_perf_analyzer_sends_variable_lengths_to_serve(served_tiny, tmp_path):
+    """32 steps of their own k/v lengths, sent by perf_analyzer at concurrency 4: serve answers every one and batches
+    them (its batcher pads k and v); a step one past the contract's k_len max is serve's refusal, so the shapes that
+    reach the server are the file's."""
+    server, manifest = served_tiny
+    model = manifest.data["name"]
+    settings = pa.PerfSettings(concurrency=[4], lengths="variable", data_steps=32, requests=60, max_trials=8,
+                               stability_percent=100, timeout_s=60)
+    before = served_counts(server.grpc, model)
+    run = pa.run_perf_analyzer(manifest.contract, model, server.grpc, settings, max_batch_size=4, workdir=tmp_path)
+    inferences, executions = (a - b for a, b in zip(served_counts(server.grpc, model), before))
+    (row,) = run["results"]
+    assert row["requests"] >= 60 and inferences >= row["requests"], (row, inferences)
+    assert executions < inferences, (inferences, executions)  # some batches of more than one request
+    assert "Successfully read data for 1 stream/streams with 32 step/steps" in run["output"][0]
+    assert flag_values(run["command"][0], "--shape") == ["q:8,32"]
+
+    data = tmp_path / "input_data.json"
+    steps = json.loads(data.read_text())["data"]
+    steps[5]["k"] = {"b64": base64.b64encode(np.zeros((25, 32), np.float32).tobytes()).decode(), "shape": [25, 32]}
+    data.write_text(json.dumps({"data": steps}))
+    command = pa.build_command(manifest.contract, model, server.grpc, settings, max_batch_size=4,
+                               csv_path=tmp_path / "bad.csv", data_path=data)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 99, done
+    assert "input 'k': k_len (axis 1) must be in [1, 24], got 25 (shape (1, 25, 32))" in done.stdout + done.stderr
 
 
 def test_loadtest_with_both_clients_in_one_run(tiny_fp32, tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import IOContract
+from ..contract import IOContract, dim_terms
 from ..errors import ConfigError
 
 ENV = "PERCEIVER_PERF_ANALYZER"  # a command line (the binary, or a loader and the binary) that overrides the search
@@ -116,6 +116,11 @@ class PerfSettings:
     streaming: bool = False  # --streaming: gRPC ModelStreamInfer
     mask: str = "omit"  # the optional mask: "omit" (not sent; the server attends to all) or "all-true" (sent, all True)
     data_steps: int = 4  # distinct requests in the --input-data file, sent round-robin
+    # "opt": every step at the contract's opt lengths. "variable": each step draws its own k_len and v_len uniformly
+    # in the contract's min..max (at most `max_kv`), q at opt; the file states each step's shapes, and the command line
+    # has --shape only for the inputs whose shape does not vary.
+    lengths: str = "opt"
+    max_kv: int | None = None
     seed: int = 0
     timeout_s: float = 120.0  # the whole perf_analyzer process
 
@@ -130,10 +135,31 @@ def sent_inputs(contract: IOContract, mask: str) -> list:
     return [spec for spec in contract.inputs if not (spec.optional and mask == "omit")]
 
 
-def request_shapes(contract: IOContract, batch: int, max_batch_size: int, mask: str = "omit") -> dict[str, list[int]]:
-    """Each sent input's shape at the contract's opt sizes, as perf_analyzer's --shape wants it: without the batch
-    dim where the model config batches (max_batch_size > 0; -b gives it), with it where it does not."""
-    sizes = opt_sizes(contract, batch)
+KV_AXES = ("k_len", "v_len")
+
+
+def kv_range(contract: IOContract, max_kv: int | None) -> tuple[int, int]:
+    """The k/v lengths variable data draws from: the contract's k_len and v_len range, capped at `max_kv`."""
+    low = max(contract.axes[a].min for a in KV_AXES)
+    high = min(contract.axes[a].max for a in KV_AXES)
+    if max_kv is not None:
+        if max_kv < low:
+            raise ConfigError(f"max_kv {max_kv} is below the contract's k/v minimum {low}")
+        high = min(high, max_kv)
+    return low, high
+
+
+def varying_inputs(contract: IOContract, mask: str) -> set[str]:
+    """The sent inputs whose shape follows k_len or v_len (k, v and the mask): those variable data resizes."""
+    return {spec.name for spec in sent_inputs(contract, mask)
+            if any(t in KV_AXES for d in spec.dims if not isinstance(d, int) for t in dim_terms(d))}
+
+
+def request_shapes(contract: IOContract, batch: int, max_batch_size: int, mask: str = "omit",
+                   sizes: dict[str, int] | None = None) -> dict[str, list[int]]:
+    """Each sent input's shape at the contract's opt sizes (or `sizes`), as perf_analyzer's --shape wants it: without
+    the batch dim where the model config batches (max_batch_size > 0; -b gives it), with it where it does not."""
+    sizes = {**opt_sizes(contract, batch), **(sizes or {})}
     shapes = {}
     for spec in sent_inputs(contract, mask):
         shape = list(contract.concrete_shape(spec.name, sizes))
@@ -144,12 +170,17 @@ def request_shapes(contract: IOContract, batch: int, max_batch_size: int, mask: 
 def write_input_data(contract: IOContract, path: Path, batch: int, max_batch_size: int, settings: PerfSettings) -> Path:
     """perf_analyzer's --input-data JSON: `data_steps` requests of standard-normal q, k, v (seeded) and, with mask
     "all-true", a mask of True; an omitted optional input is simply absent (perf_analyzer sends only what the file
-    names for an input the config marks optional)."""
+    names for an input the config marks optional). With lengths "variable" each step has its own k_len and v_len."""
+    if settings.lengths not in ("opt", "variable"):
+        raise ConfigError(f"lengths must be 'opt' or 'variable', got {settings.lengths!r}")
     gen = np.random.default_rng(settings.seed)
-    # Where the config batches, perf_analyzer's data is one row and it stacks -b rows itself.
-    shapes = request_shapes(contract, 1 if max_batch_size > 0 else batch, max_batch_size, settings.mask)
+    low, high = kv_range(contract, settings.max_kv)
     steps = []
     for _ in range(settings.data_steps):
+        drawn = ({axis: int(gen.integers(low, high + 1)) for axis in KV_AXES} if settings.lengths == "variable"
+                 else None)
+        # Where the config batches, perf_analyzer's data is one row and it stacks -b rows itself.
+        shapes = request_shapes(contract, 1 if max_batch_size > 0 else batch, max_batch_size, settings.mask, drawn)
         step = {}
         for spec in sent_inputs(contract, settings.mask):
             dtype = NUMPY_TYPES.get(spec.dtype)
@@ -176,13 +207,17 @@ def build_command(contract: IOContract, model: str, url: str, settings: PerfSett
     if not contract.axes["batch"].min <= settings.batch <= contract.axes["batch"].max:
         raise ConfigError(f"batch {settings.batch} is outside the artifact's batch range "
                           f"[{contract.axes['batch'].min}, {contract.axes['batch'].max}]")
+    if settings.lengths == "variable" and data_path is None:
+        raise ConfigError("variable lengths need the --input-data file (write_input_data) that states each shape")
     levels = sorted(set(settings.concurrency))
     if not levels or levels[0] < 1:
         raise ConfigError(f"concurrency levels must be >= 1, got {settings.concurrency}")
     command = [*(perf_analyzer or perf_analyzer_command()), "-m", model, "-u", url, "-i", settings.protocol,
                "-b", str(settings.batch if max_batch_size > 0 else 1)]
+    varying = varying_inputs(contract, settings.mask) if settings.lengths == "variable" else set()
     for name, shape in request_shapes(contract, settings.batch, max_batch_size, settings.mask).items():
-        command += ["--shape", f"{name}:{','.join(map(str, shape))}"]
+        if name not in varying:  # a varying input's shape is each data step's own "shape"
+            command += ["--shape", f"{name}:{','.join(map(str, shape))}"]
     if data_path is not None:
         command += ["--input-data", str(data_path)]
     # start:end:step covers evenly spaced levels only: 1, 4, 16, 64 are one invocation each (run_perf_analyzer).
@@ -301,5 +336,5 @@ def run_perf_analyzer(contract: IOContract, model: str, url: str, settings: Perf
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "parse_csv", "parse_summary", "perf_analyzer_command",
-           "request_shapes", "run_perf_analyzer", "served_max_batch_size", "write_input_data"]
+__all__ = ["ENV", "INSTALL_HINT", "PerfSettings", "build_command", "kv_range", "parse_csv", "parse_summary",
+           "perf_analyzer_command", "request_shapes", "run_perf_analyzer", "served_max_batch_size", "write_input_data"]
