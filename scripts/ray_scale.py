@@ -30,6 +30,7 @@ from perceiver_export.artifact.manifest import read_manifest  # noqa: E402
 from perceiver_export.machine import cpu_flags, cpu_name  # noqa: E402
 from perceiver_export.serving.process import ServerProcess  # noqa: E402
 from tests.ray_cluster import RayCluster  # noqa: E402
+from tests.served import triton_inputs  # noqa: E402
 
 
 def requests_for(contract, n: int, kv_len: int | None, seed: int = 0) -> list[dict]:
@@ -41,15 +42,6 @@ def requests_for(contract, n: int, kv_len: int | None, seed: int = 0) -> list[di
             for _ in range(n)]
 
 
-def inputs(feeds: dict) -> list:
-    result = []
-    for name, a in feeds.items():
-        i = grpcclient.InferInput(name, list(a.shape), "FP32")
-        i.set_data_from_numpy(a)
-        result.append(i)
-    return result
-
-
 def closed_loop(url: str, model: str, requests: list[dict], clients: int) -> dict:
     """`clients` threads sending `requests` between them back to back, after one warm-up request each."""
     latencies: list[float] = []
@@ -58,7 +50,7 @@ def closed_loop(url: str, model: str, requests: list[dict], clients: int) -> dic
 
     def worker():
         c = grpcclient.InferenceServerClient(url)
-        c.infer(model, inputs(requests[0]), client_timeout=120)
+        c.infer(model, triton_inputs(grpcclient, requests[0]), client_timeout=120)
         barrier.wait()
         while True:
             with lock:
@@ -67,7 +59,7 @@ def closed_loop(url: str, model: str, requests: list[dict], clients: int) -> dic
                 feeds = requests[index[0]]
                 index[0] += 1
             start = time.perf_counter()
-            c.infer(model, inputs(feeds), client_timeout=120)
+            c.infer(model, triton_inputs(grpcclient, feeds), client_timeout=120)
             with lock:
                 latencies.append(time.perf_counter() - start)
 
@@ -81,7 +73,8 @@ def closed_loop(url: str, model: str, requests: list[dict], clients: int) -> dic
         t.join(600)
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"req_s": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90))}
+    return {"req_s": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)),
+            "p90_ms": float(np.percentile(ms, 90))}
 
 
 def main() -> int:
@@ -103,7 +96,7 @@ def main() -> int:
     with RayCluster(head_cpus=1, worker_cpus=1, pin=("0", "1")) as cluster:
         for replicas in (1, 2):
             cluster.deploy(directory, *flags, "--replicas", str(replicas))
-            placed = sorted(r["node_ip"] for r in cluster.replicas())
+            placed = sorted(r["node_ip"] for r in cluster.model_replicas())
             r = closed_loop(cluster.grpc, model, requests, args.clients)
             rows.append((f"Ray Serve, {replicas} replica{'s' * (replicas > 1)} ({', '.join(placed)})", args.clients, r))
             print(rows[-1], flush=True)
@@ -116,9 +109,11 @@ def main() -> int:
     rows.append(("serve (127.0.0.1)", 1, serve_one))
     scale = rows[1][2]["req_s"] / rows[0][2]["req_s"]
     overhead = ray_one["p50_ms"] - serve_one["p50_ms"]
-    flags = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in (cpu_flags() or set()))
+    found = cpu_flags() or set()
+    flags = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in found)
     lengths = {k: v.shape[1] for k, v in requests[0].items()}
-    print(f"\n{model} (q/k/v lengths {lengths['q']}/{lengths['k']}/{lengths['v']}), {cpu_name()}, {os.cpu_count()} cores, flags: {flags}")
+    print(f"\n{model} (q/k/v lengths {lengths['q']}/{lengths['k']}/{lengths['v']}), {cpu_name()}, "
+          f"{os.cpu_count()} cores, flags: {flags}")
     print("\n| server | clients | req/s | p50 / p90 ms |\n|---|---|---|---|")
     for name, clients, r in rows:
         print(f"| {name} | {clients} | {r['req_s']:.1f} | {r['p50_ms']:.2f} / {r['p90_ms']:.2f} |")

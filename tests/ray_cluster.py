@@ -102,13 +102,15 @@ class RayCluster:
             logs = self.temp / "logs"
             logs.mkdir()
             self.nodes.append(subprocess.Popen(
-                ["ip", "netns", "exec", self.head_ns, *self._taskset(0), RAY, "start", "--head", "--block", "--node-ip-address", self.head_ip,
+                ["ip", "netns", "exec", self.head_ns, *self._taskset(0), RAY, "start", "--head", "--block",
+                 "--node-ip-address", self.head_ip,
                  "--port", str(GCS_PORT), "--num-cpus", str(self.head_cpus), "--temp-dir", str(self.temp / "t"),
                  "--dashboard-host", "127.0.0.1", "--disable-usage-stats"],
                 stdout=(logs / "head.log").open("wb"), stderr=subprocess.STDOUT, env=self.env()))
             self._wait(lambda: self.driver("nodes", {}, timeout=60)["alive"] >= 1, "the head node")
             self.nodes.append(subprocess.Popen(
-                ["ip", "netns", "exec", self.worker_ns, *self._taskset(1), RAY, "start", "--block", "--address", f"{self.head_ip}:{GCS_PORT}",
+                ["ip", "netns", "exec", self.worker_ns, *self._taskset(1), RAY, "start", "--block",
+                 "--address", f"{self.head_ip}:{GCS_PORT}",
                  "--node-ip-address", self.worker_ip, "--num-cpus", str(self.worker_cpus), "--disable-usage-stats"],
                 stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT, env=self.env()))
             self._wait(lambda: self.driver("nodes", {}, timeout=60)["alive"] >= 2, "the worker node")
@@ -146,7 +148,8 @@ class RayCluster:
                               capture_output=True, text=True, timeout=timeout, env=self.env())
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
-            raise RuntimeError(f"driver {command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+            raise RuntimeError(f"driver {command} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                               f"{done.stderr[-5000:]}")
         return json.loads(lines[-1])
 
     def deploy(self, artifact: str | Path, *flags: str, timeout: float = 240) -> Path:
@@ -155,7 +158,8 @@ class RayCluster:
         sends it to the cluster, and this returns once `serve status` says the application is RUNNING."""
         config = self.temp / f"serve-{time.monotonic_ns()}.yaml"
         subprocess.run([PY, "-m", "perceiver_export", "rayserve", str(artifact), *flags, "--http-port", str(HTTP_PORT),
-                        "--grpc-port", str(GRPC_PORT), "--out", str(config)], check=True, capture_output=True, env=self.env())
+                        "--grpc-port", str(GRPC_PORT), "--out", str(config)],
+                       check=True, capture_output=True, env=self.env())
         self.serve_cli("deploy", str(config), "-a", DASHBOARD)
         deadline = time.monotonic() + timeout
         status = ""
@@ -175,11 +179,16 @@ class RayCluster:
         done = subprocess.run(["ip", "netns", "exec", self.head_ns, serve, *args], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=self.temp)
         if done.returncode != 0:
-            raise RuntimeError(f"serve {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+            raise RuntimeError(f"serve {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                               f"{done.stderr[-5000:]}")
         return done
 
     def replicas(self) -> list[dict]:
+        """Every alive Serve replica: pid, node_ip, name, deployment (`ingress` or `model`)."""
         return self.driver("replicas", {})["replicas"]
+
+    def model_replicas(self) -> list[dict]:
+        return [r for r in self.replicas() if r["deployment"] == "model"]
 
     # ---- stopping --------------------------------------------------------------------------------
     def namespace_pids(self) -> list[int]:
@@ -260,7 +269,8 @@ def _driver_main(command: str, args: dict, address: str, node_ip: str) -> dict:
 
         nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
         actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-        return {"replicas": [{"pid": a.pid, "node_ip": nodes.get(a.node_id), "name": a.name, "class": a.class_name}
+        return {"replicas": [{"pid": a.pid, "node_ip": nodes.get(a.node_id), "name": a.name,
+                              "deployment": a.class_name.rsplit(":", 1)[-1]}
                              for a in actors if a.class_name.startswith("ServeReplica:")]}
     raise SystemExit(f"unknown driver command {command!r}")
 

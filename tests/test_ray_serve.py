@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import numpy as np
@@ -22,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from perceiver_export import runtime
 
-from .ray_cluster import RayCluster, host_listeners, netns_available, ray_listeners_on_host
+from .ray_cluster import DASHBOARD, RayCluster, host_listeners, netns_available, ray_listeners_on_host
 from .served import REPO, triton_inputs
 from .test_serve import BAD, close, feeds_of
 
@@ -68,8 +69,9 @@ def test_the_cluster_has_two_nodes_and_a_replica_on_each(cluster):
     assert nodes["alive"] == 2
     assert sorted(n["ip"] for n in nodes["nodes"]) == sorted([cluster.head_ip, cluster.worker_ip])
     replicas = cluster.replicas()
-    assert len(replicas) == 2
-    assert sorted(r["node_ip"] for r in replicas) == sorted([cluster.head_ip, cluster.worker_ip])
+    assert sorted(r["deployment"] for r in replicas) == ["ingress", "model", "model"]
+    models = [r for r in replicas if r["deployment"] == "model"]
+    assert sorted(r["node_ip"] for r in models) == sorted([cluster.head_ip, cluster.worker_ip])
 
 
 def test_nothing_listens_on_the_host(cluster):
@@ -78,7 +80,8 @@ def test_nothing_listens_on_the_host(cluster):
     socket while the cluster runs."""
     assert len(cluster.namespace_pids()) > 10  # Ray's processes, all inside the namespaces
     assert ray_listeners_on_host(cluster, cluster.host_listeners_before) == {}
-    inside = subprocess.run(["ip", "netns", "exec", cluster.head_ns, "ss", "-ltnH"], capture_output=True, text=True).stdout
+    inside = subprocess.run(["ip", "netns", "exec", cluster.head_ns, "ss", "-ltnH"], capture_output=True,
+                            text=True).stdout
     assert f":{9000}" in inside and f":{8000}" in inside
 
 
@@ -91,7 +94,8 @@ def test_parity_through_the_cluster(cluster, runner, protocol):
     rng = np.random.default_rng(0)
     for feeds in (feeds_of(rng, batch=2, mask=True), feeds_of(rng, batch=1, k=3, v=17)):
         out = c.infer(MODEL, triton_inputs(CLIENTS[protocol], feeds)).as_numpy("out")
-        expected = runner.infer({**feeds, "mask": feeds.get("mask", np.ones((feeds["q"].shape[0], feeds["k"].shape[1] + feeds["v"].shape[1]), bool))})
+        batch, positions = feeds["q"].shape[0], feeds["k"].shape[1] + feeds["v"].shape[1]
+        expected = runner.infer({**feeds, "mask": feeds.get("mask", np.ones((batch, positions), bool))})
         assert out.shape == expected.shape and close(out, expected)
 
 
@@ -170,17 +174,26 @@ def load(cluster: RayCluster, runner, seconds: float, during, clients: int = 4, 
     return outcomes
 
 
+def resent_count(cluster: RayCluster) -> float:
+    """The ingress's count of requests sent again after their model replica stopped (its /metrics)."""
+    with urllib.request.urlopen(f"http://{cluster.http}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("perceiver_requests_resent_total{"))
+
+
 def test_a_killed_replica_loses_nothing_and_comes_back(cluster, runner):
-    before = cluster.replicas()
+    before = cluster.model_replicas()
     victim = next(r for r in before if r["node_ip"] == cluster.worker_ip)
     outcomes = load(cluster, runner, 12, lambda: os.kill(victim["pid"], signal.SIGKILL))
-    print("killed replica:", dict(outcomes))
+    resent = resent_count(cluster)
+    print("killed replica:", dict(outcomes), "resent:", resent)
     allowed = {"200", "http 503", "grpc StatusCode.UNAVAILABLE"}
     assert set(outcomes) <= allowed, outcomes
     assert outcomes["200"] > 0
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        after = cluster.replicas()
+        after = cluster.model_replicas()
         if len(after) == 2 and victim["pid"] not in {r["pid"] for r in after}:
             break
         time.sleep(2)
@@ -191,29 +204,32 @@ def test_a_killed_replica_loses_nothing_and_comes_back(cluster, runner):
 def test_a_redeploy_with_requests_in_flight_fails_none(cluster, runner, artifact, tmp_path):
     new_version = tmp_path / "tiny-v2"
     shutil.copytree(artifact, new_version)
-    before = {r["name"] for r in cluster.replicas()}
+    before = {r["name"] for r in cluster.model_replicas()}
     done = []
 
     def redeploy():  # Ray Serve's own command line, the builder's arguments as key=value
-        done.append(cluster.serve_cli("run", "--non-blocking", "--name", MODEL, "perceiver_export.serving.ray_serve:app_builder",
+        done.append(cluster.serve_cli("run", "--non-blocking", "--name", MODEL,
+                                      "perceiver_export.serving.ray_serve:app_builder",
                                       f"artifact={new_version}", "threads=1", "num_replicas=2", "max_queue_delay_ms=2"))
 
     outcomes = load(cluster, runner, 60, redeploy)
     print("redeploy:", dict(outcomes))
     assert done and done[0].returncode == 0
     assert set(outcomes) == {"200"}, outcomes
-    after = {r["name"] for r in cluster.replicas()}
+    after = {r["name"] for r in cluster.model_replicas()}
     assert len(after) == 2 and not before & after  # every replica replaced
 
 
 def test_the_docs_client_example_runs_unchanged_through_the_cluster(cluster, tmp_path_factory):
     """docs/serving.md's client example (perceiver-base), only its URL changed, through the cluster's HTTP proxy;
-    `serve deploy` of a config with only perceiver-base replaces the tiny application (last test of the module)."""
+    the tiny application goes first (`serve shutdown`: the redeploy above was `serve run`'s, which a config's
+    `serve deploy` does not replace), then `serve deploy` of perceiver-base's config (last test of the module)."""
     from perceiver_export.config import load_spec
     from perceiver_export.export.artifact_builder import export_artifact
 
     directory = export_artifact(load_spec("perceiver-base"), tmp_path_factory.mktemp("ray-base") / "perceiver-base",
                                 verify=False, optimize=False).directory
+    cluster.serve_cli("shutdown", "-y", "-a", DASHBOARD)
     cluster.deploy(directory, "--threads", "1", "--replicas", "1")
     page = (REPO / "docs" / "serving.md").read_text()
     example = re.search(r"<!-- client-example -->\n```python\n(.*?)```", page, re.S).group(1)

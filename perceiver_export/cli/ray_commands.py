@@ -34,6 +34,7 @@ OPTION_FLAGS = (
     ("--num-cpus", "num_cpus", float, "CPUs Ray reserves per replica (default: --threads)"),
     ("--num-gpus", "num_gpus", float, "GPUs Ray reserves per replica (default 0)"),
     ("--max-ongoing-requests", "max_ongoing_requests", int, "requests a replica takes in at once (default: --max-queue + 256)"),
+    ("--ingress-replicas", "ingress_replicas", int, "replicas of the protocol front that decodes, checks and forwards requests (default 1, no CPU reserved)"),
 )
 
 

@@ -41,7 +41,8 @@ class KServeOptions:
     grace_s: float = 30.0
 
 
-def _quantity(value: str, option: str) -> str:
+def kubernetes_quantity(value: str, option: str) -> str:
+    """`value` if Kubernetes reads it as a quantity (KServe and RayService resources), else a ConfigError."""
     from kubernetes.utils import parse_quantity
 
     try:
@@ -76,7 +77,8 @@ def build_inference_service(directory: str | Path, options: KServeOptions):
         raise ConfigError(f"replicas must satisfy 0 <= min <= max and max >= 1, got {options.min_replicas}..{options.max_replicas}")
     if options.gpu < 0:
         raise ConfigError(f"--gpu must be 0 or more, got {options.gpu}")
-    resources = {"cpu": _quantity(options.cpu, "--cpu"), "memory": _quantity(options.memory, "--memory")}
+    resources = {"cpu": kubernetes_quantity(options.cpu, "--cpu"),
+                 "memory": kubernetes_quantity(options.memory, "--memory")}
     limits = dict(resources)
     if options.gpu:
         limits["nvidia.com/gpu"] = str(options.gpu)

@@ -42,6 +42,7 @@ class RayServeOptions:
     num_cpus: float | None = None  # CPUs Ray reserves per replica (default: threads)
     num_gpus: float = 0.0
     max_ongoing_requests: int | None = None  # default: max_queue + ONGOING_HEADROOM
+    ingress_replicas: int = 1  # replicas of the protocol front (no CPU reserved: decoding and checks only)
 
     def __post_init__(self):
         def bad(key: str, expected: str) -> ConfigError:
@@ -51,7 +52,7 @@ class RayServeOptions:
             raise ConfigError("Ray Serve option artifact: expected the artifact directory, got nothing")
         if self.backend not in BACKENDS:
             raise bad("backend", f"one of {', '.join(BACKENDS)}")
-        for key in ("threads", "num_replicas", "max_queue"):
+        for key in ("threads", "num_replicas", "max_queue", "ingress_replicas"):
             if getattr(self, key) < (0 if key == "max_queue" else 1):
                 raise bad(key, ">= 0" if key == "max_queue" else ">= 1")
         for key in ("max_batch_size", "min_replicas", "max_replicas", "max_ongoing_requests"):

@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__
 from ..artifact.atomic import atomic_write_text
 from ..errors import ConfigError
-from .kserve_manifest import K8S_NAME
+from .kserve_manifest import K8S_NAME, kubernetes_quantity
 from .ray_config import GRPC_PORT, HTTP_PORT, checked_serve_config, ray_installed_version
 from .ray_options import RayServeOptions
 
@@ -65,16 +65,6 @@ def worker_sizing(serve: RayServeOptions, workers: int) -> WorkerSizing:
         min_workers = workers
     return WorkerSizing(per_worker, actor["num_cpus"] * per_worker, math.ceil(actor["num_gpus"] * per_worker),
                         min_workers, workers)
-
-
-def _quantity(value: str, option: str) -> str:
-    from kubernetes.utils import parse_quantity
-
-    try:
-        parse_quantity(value)
-    except ValueError:
-        raise ConfigError(f"{option}: {value!r} is not a Kubernetes quantity (e.g. 2, 500m, 4Gi)") from None
-    return str(value)
 
 
 def _cpu_quantity(cpus: float) -> str:
@@ -132,8 +122,9 @@ def _built(directory: str | Path, serve: RayServeOptions,
                                     resources=V1ResourceRequirements(requests=requests, limits=limits))],
             volumes=volumes))
 
-    head_resources = {"cpu": _quantity(options.head_cpu, "--head-cpu"), "memory": _quantity(options.head_memory, "--head-memory")}
-    worker_resources = {"cpu": _cpu_quantity(sizing.cpu), "memory": _quantity(options.memory, "--memory")}
+    head_resources = {"cpu": kubernetes_quantity(options.head_cpu, "--head-cpu"),
+                      "memory": kubernetes_quantity(options.head_memory, "--head-memory")}
+    worker_resources = {"cpu": _cpu_quantity(sizing.cpu), "memory": kubernetes_quantity(options.memory, "--memory")}
     worker_limits = {**worker_resources, **({"nvidia.com/gpu": str(sizing.gpu)} if sizing.gpu else {})}
     head = template("ray-head", [V1ContainerPort(container_port=GCS_PORT, name="gcs-server"),
                                  V1ContainerPort(container_port=DASHBOARD_PORT, name="dashboard"), *serve_ports],

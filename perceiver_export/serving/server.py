@@ -141,6 +141,8 @@ class Metrics:
         self.batch_seconds = Histogram("perceiver_batch_seconds", "Backend call time per batch", ["model"],
                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.queue_depth = Gauge("perceiver_queue_depth", "Requests waiting for a batch", ["model"])
+        self.resent = Counter("perceiver_requests_resent", "Requests sent again to another replica because the one "
+                              "answering them stopped (the Ray Serve application's ingress)", ["model"])
 
     @classmethod
     def get(cls) -> "Metrics":
