@@ -32,6 +32,11 @@ log = logging.getLogger("perceiver_export")
 GRPC_METHODS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer")
 
 
+class ReplicaStoppingError(Exception):
+    """A model replica was asked to infer after it began to stop (a redeploy or scale-down): the ingress sends the
+    request to another replica."""
+
+
 class _Aborted(Exception):
     """A gRPC call answered with a status other than OK: the code and details are already on Ray's context."""
 
@@ -87,11 +92,9 @@ class ModelReplica:
         return self.model.max_batch_size
 
     async def infer(self, feeds: dict) -> tuple:
-        from ..errors import OverloadedError
-
         batcher = self.model.batcher
         if batcher is None or not batcher.accepting:
-            raise OverloadedError(f"model {self.model.name!r}: this replica is stopping")
+            raise ReplicaStoppingError(f"model {self.model.name!r}: this replica is stopping")
         timing: dict = {}
         out = await batcher.infer(feeds, timing)
         return out, timing
@@ -111,8 +114,9 @@ class ModelReplica:
 class RemoteBatcher:
     """What ServedModel needs of a batcher, in an ingress replica: each request goes to the model deployment,
     where it is batched. Ray's proxies answer a request whose replica dies under it with 500 / INTERNAL ("The
-    actor died unexpectedly"); here such a request (inference has no side effects) is sent again to another
-    replica, up to RESEND times, and if none answers it is a 503 / UNAVAILABLE the client can retry."""
+    actor died unexpectedly"); here such a request (inference has no side effects), or one that reached a replica
+    already stopping, is sent again to another replica, up to RESEND times, and if none answers it is a 503 /
+    UNAVAILABLE the client can retry."""
 
     RESEND = 2
 
@@ -144,6 +148,10 @@ class RemoteBatcher:
                 self.resent.inc()
                 continue
             except RayTaskError as e:  # the replica raised: our own errors keep their type and message
+                if isinstance(e.cause, ReplicaStoppingError):
+                    lost = e.cause
+                    self.resent.inc()
+                    continue
                 if isinstance(e.cause, (ServingError, InputError)):
                     raise e.cause from None
                 raise
@@ -203,5 +211,5 @@ def app_builder(args: Mapping[str, Any]):
     return OpenInferenceIngress.options(num_replicas=options.ingress_replicas).bind(model, options)
 
 
-__all__ = ["GRPC_METHODS", "ModelReplica", "OpenInferenceIngress", "RemoteBatcher", "add_inference_service",
-           "app_builder"]
+__all__ = ["GRPC_METHODS", "ModelReplica", "OpenInferenceIngress", "RemoteBatcher", "ReplicaStoppingError",
+           "add_inference_service", "app_builder"]
