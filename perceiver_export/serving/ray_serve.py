@@ -28,7 +28,7 @@ from ray import serve
 from .ray_options import RayServeOptions
 
 log = logging.getLogger("perceiver_export")
-# The protocol's gRPC methods a replica answers (model control is Ray Serve's: redeploy, not RepositoryModelLoad).
+# The protocol's gRPC methods the ingress answers (model control is Ray Serve's: redeploy, not RepositoryModelLoad).
 GRPC_METHODS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer")
 
 
@@ -58,7 +58,7 @@ def add_inference_service(servicer, server) -> None:
     """The servicer function for Ray's gRPC proxy (ray_options.GRPC_SERVICER_FUNCTION): the protocol's service
     with its unary methods taking the request's bytes as they came. The proxy pickles a request to the replica,
     and KServe's generated message classes do not pickle (their module is imported under a name that does not
-    import again), so the replica parses the bytes itself (`OpenInferenceReplica.ModelInfer` & co.)."""
+    import again), so the ingress parses the bytes itself (`OpenInferenceIngress.ModelInfer` & co.)."""
     import grpc
 
     handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name)) for name in GRPC_METHODS}
