@@ -238,7 +238,7 @@ def test_help_without_heavy_imports(command, option):
 def test_every_flag_is_an_option_and_the_backends_are_the_options():
     import dataclasses
 
-    from perceiver_export.cli.ray_commands import BACKENDS as CLI_BACKENDS
+    from perceiver_export.cli.main import SERVE_BACKENDS as CLI_BACKENDS
     from perceiver_export.cli.ray_commands import OPTION_FLAGS
     from perceiver_export.serving.ray_options import BACKENDS
 

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--serve-args", default="", help="further serve options, e.g. '--max-batch-size 8 --timeout-ms 500'")
     ks.add_argument("--grace-s", type=float, default=30.0, help="serve's drain time on SIGTERM; the pod gets 10 s more (default 30)")
     ks.add_argument("--out", type=Path, help="output file (default DIR/inferenceservice.yaml)")
-    add_ray_parsers(sub)
+    add_ray_parsers(sub, SERVE_BACKENDS)
     _doctor_parser(sub)
     docs = sub.add_parser("docs", help="print a page of the guide (they ship with the package): "
                                        "`docs` lists the topics, `docs parity` prints one")

@@ -13,8 +13,6 @@ if TYPE_CHECKING:
 
     from ..serving.ray_options import RayServeOptions
 
-# ray_options.BACKENDS, written out: importing serving/ would import numpy (its batcher) for --help.
-BACKENDS = ["onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16"]
 # flag → RayServeOptions field, type, help
 OPTION_FLAGS = (
     ("--name", "name", str, "the served model's name (default: the artifact's)"),
@@ -38,19 +36,21 @@ OPTION_FLAGS = (
 )
 
 
-def _ray_serve_flags(p: argparse.ArgumentParser, artifact_default: str) -> None:
+def _ray_serve_flags(p: argparse.ArgumentParser, artifact_default: str, backends: list[str]) -> None:
     p.add_argument("dir", type=Path, help="artifact directory (a file inside one, e.g. DIR/model.onnx, names its artifact)")
     p.add_argument("--artifact-path", metavar="PATH", help=f"the artifact directory as the cluster sees it (default: {artifact_default})")
     for flag, field, kind, text in OPTION_FLAGS:
-        extra = {"choices": BACKENDS} if flag == "--backend" else {}
+        extra = {"choices": backends} if flag == "--backend" else {}
         p.add_argument(flag, dest=field, type=kind, default=None, help=text, **extra)
     p.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN and Inf inputs")
 
 
-def add_ray_parsers(sub) -> None:
+def add_ray_parsers(sub, backends: list[str]) -> None:
+    """The two commands' parsers; `backends`: the runners `serve` takes (cli/main.py's list, which --help reads
+    without importing serving/)."""
     rs = sub.add_parser("rayserve", help="write a Ray Serve config file (`serve deploy FILE`) running the artifact's "
                                          "Ray Serve application")
-    _ray_serve_flags(rs, "DIR's absolute path here")
+    _ray_serve_flags(rs, "DIR's absolute path here", backends)
     rs.add_argument("--app-name", help="the Ray Serve application's name (default: the artifact's)")
     rs.add_argument("--route-prefix", default="/", help="the application's HTTP route prefix (default /)")
     rs.add_argument("--http-host", default="0.0.0.0", help="Serve's HTTP proxies listen here (default 0.0.0.0)")
@@ -60,7 +60,7 @@ def add_ray_parsers(sub) -> None:
 
     svc = sub.add_parser("rayservice", help="write a KubeRay RayService manifest whose Ray cluster runs the artifact's "
                                             "Ray Serve application")
-    _ray_serve_flags(svc, "/mnt/models")
+    _ray_serve_flags(svc, "/mnt/models", backends)
     svc.add_argument("--image", required=True, help="container image with perceiver-export[serve] and ray[serve] installed")
     svc.add_argument("--service-name", help="the RayService's name (default: the application's)")
     svc.add_argument("--app-name", help="the Ray Serve application's name (default: the artifact's)")

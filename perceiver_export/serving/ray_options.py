@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..runtime import BACKENDS as RUNTIME_BACKENDS
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino", "openvino-bf16")
+# The runners a replica can run: every runner but the ONNX reference one (a parity check, not a server).
+BACKENDS = tuple(b for b in RUNTIME_BACKENDS if b != "onnx-reference")
 # Requests a replica takes in at once beyond its batcher's queue: at least the largest batch (Ray's router holds
 # the rest back, so the batcher's --max-queue is what answers 503 / UNAVAILABLE under overload).
 ONGOING_HEADROOM = 256

@@ -169,19 +169,15 @@ class OpenInferenceIngress:
 
     async def __init__(self, model_handle, options: RayServeOptions):
         from .grpc_service import make_servicer
-        from .model import ServedModel
         from .rest import make_rest_app
-        from .server import Metrics, default_max_request_bytes, metrics_body, served_config_of, served_extensions
-        from .statistics import InferenceStatistics
+        from .server import (Metrics, default_max_request_bytes, make_model, metrics_body, served_config_of,
+                             served_extensions)
 
         serve_options = options.serve_options()
         max_batch_size = await model_handle.max_batch_size.remote()
         metrics = Metrics.get()
-        model = ServedModel(options.artifact, options.name, "none", lambda: None,
-                            lambda runner, on_batch: RemoteBatcher(model_handle, model.name, max_batch_size,
-                                                                      metrics.resent.labels(model.name)),
-                            metrics, platform=f"perceiver-export_{options.backend}")
-        model.statistics = InferenceStatistics(model.name, "1")
+        model = make_model(options.artifact, serve_options, metrics, remote_batcher=lambda m: RemoteBatcher(
+            model_handle, m.name, max_batch_size, metrics.resent.labels(m.name)))
         await model.load(initial=True)
         self.model = model
         limit = default_max_request_bytes(model.contract)

@@ -94,18 +94,23 @@ def load_runner(directory: str | Path, options: ServeOptions) -> Runner:
     return load(directory, backend=options.backend, **extra)
 
 
-def make_model(directory: str | Path, options: ServeOptions, metrics: "Metrics") -> ServedModel:
+def make_model(directory: str | Path, options: ServeOptions, metrics: "Metrics",
+               remote_batcher: Callable[[ServedModel], Any] | None = None) -> ServedModel:
     """The served model for `options` (runner, batcher, statistics), not loaded yet (`await model.load(initial=True)`).
-    The Ray Serve application (ray_serve.py) builds its replicas' models here too."""
+    The Ray Serve application (ray_serve.py) builds its model replicas here too, and its ingress with
+    `remote_batcher(model)`: a batcher that sends each request elsewhere, with no runner in this process."""
     from .statistics import InferenceStatistics
 
     def make_batcher(runner: Runner, on_batch) -> DynamicBatcher:
+        if remote_batcher is not None:
+            return remote_batcher(model)
         return DynamicBatcher(runner, max_batch_size=options.max_batch_size,
                               max_queue_delay_ms=options.max_queue_delay_ms, max_queue=options.max_queue,
                               timeout_ms=options.timeout_ms, on_batch=on_batch)
 
-    model = ServedModel(directory, options.name, options.model_control_mode, lambda: load_runner(directory, options),
-                        make_batcher, metrics, platform=f"perceiver-export_{options.backend}")
+    runner = (lambda: None) if remote_batcher is not None else (lambda: load_runner(directory, options))
+    model = ServedModel(directory, options.name, options.model_control_mode, runner, make_batcher, metrics,
+                        platform=f"perceiver-export_{options.backend}")
     model.statistics = InferenceStatistics(model.name, MODEL_VERSION)
     return model
 
